@@ -1,0 +1,290 @@
+"""Typed configuration for every flow, task and CLI command.
+
+One `Settings` object is built from a YAML file plus ``VELOREADY_*`` environment
+variables (nested fields use ``__``, e.g. ``VELOREADY_TUNING__N_TRIALS=10``) and is
+validated before any work starts, so a bad value fails in the first second with a
+message that names the field. Nothing here touches the file system or MLflow at import
+time: paths are resolved by `Settings.resolved_paths()` when a flow starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+Family = Literal["recovery", "zones", "injury"]
+ALL_FAMILIES: tuple[Family, ...] = ("recovery", "zones", "injury")
+
+
+def repo_root() -> Path:
+    """The repository (or working) root that relative default paths hang from.
+
+    ``VELOREADY_HOME`` wins; otherwise the current working directory, so that
+    ``veloready train`` run from the checkout writes under the checkout.
+    """
+    return Path(os.environ.get("VELOREADY_HOME", os.getcwd())).resolve()
+
+
+class PathSettings(BaseModel):
+    """Every place the pipeline writes. Relative paths are relative to `repo_root()`."""
+
+    data_dir: Path = Path("data")
+    mlflow_dir: Path = Path("mlflow")
+    ota_dir: Path = Path("data/ota")
+    reports_dir: Path = Path("data/reports")
+    quarantine_dir: Path = Path("data/quarantine")
+    brief_store_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the brief store; default sqlite under data/briefs.db",
+    )
+    signing_key: Path = Field(
+        default=Path("data/keys/ota_ed25519.pem"),
+        description="Ed25519 private key (PEM) for OTA manifests; created on first use",
+    )
+
+
+class SourceSettings(BaseModel):
+    """Where the daily rows come from."""
+
+    name: Literal["auto", "canonical", "generic_csv", "intervals", "pmdata", "postgres"] = "auto"
+    path: str | None = Field(default=None, description="file, folder or SQLAlchemy URL")
+    mapping: Path | None = Field(default=None, description="YAML mapping for generic_csv")
+    table: str | None = Field(default=None, description="table name for the postgres source")
+    query: str | None = Field(default=None, description="SQL query for the postgres source")
+
+
+class SimulatorSettings(BaseModel):
+    """Synthetic athletes used when no data source is configured."""
+
+    athletes: int = Field(default=20, ge=1, le=100_000)
+    days: int = Field(default=180, ge=14, le=3650)
+    profile: Literal["realistic", "easy"] = "realistic"
+    start_date: str = "2026-01-01"
+
+
+class SearchSpace(BaseModel):
+    """Optuna search space for one family: name -> [low, high] or list of choices."""
+
+    params: dict[str, list[Any]] = Field(default_factory=dict)
+
+
+def _default_spaces() -> dict[str, SearchSpace]:
+    return {
+        "recovery": SearchSpace(
+            params={
+                "max_depth": [2, 5],
+                "learning_rate": [0.03, 0.3],
+                "n_estimators": [50, 300],
+                "min_child_weight": [1.0, 10.0],
+                "subsample": [0.6, 1.0],
+                "reg_lambda": [0.1, 10.0],
+            }
+        ),
+        "zones": SearchSpace(
+            params={"hidden": [16, 64], "lr": [0.001, 0.03], "weight_decay": [1e-6, 1e-3]}
+        ),
+        "injury": SearchSpace(
+            params={"hidden": [8, 32], "lr": [0.001, 0.03], "weight_decay": [1e-6, 1e-3]}
+        ),
+    }
+
+
+class TuningSettings(BaseModel):
+    """Optuna configuration shared by the families."""
+
+    sampler: Literal["tpe", "grid"] = "tpe"
+    n_trials: int = Field(default=20, ge=1, le=1000)
+    grid_points: int = Field(
+        default=3, ge=2, le=10, description="points per numeric axis for grid search"
+    )
+    spaces: dict[str, SearchSpace] = Field(default_factory=_default_spaces)
+    warm_start: bool = Field(default=True, description="enqueue last week's best params")
+
+
+class GateThresholds(BaseModel):
+    """Thresholds for one family. Unset metrics are not gated."""
+
+    rmse_max: float | None = Field(default=None, gt=0)
+    mae_max: float | None = Field(default=None, gt=0)
+    r2_min: float | None = Field(default=None, le=1)
+    auroc_min: float | None = Field(default=None, ge=0, le=1)
+    must_beat_baselines: bool = True
+
+
+def _default_gates() -> dict[str, GateThresholds]:
+    return {
+        # 0-100 scores: the design card's defaults.
+        "recovery": GateThresholds(rmse_max=8.0, mae_max=6.0, r2_min=0.7),
+        # Watts on FTP: a zone boundary 8 W off is inside a day-to-day power meter drift.
+        "zones": GateThresholds(rmse_max=8.0, mae_max=6.0),
+        # Ranking real injury events; Brier must beat the base rate (baseline).
+        "injury": GateThresholds(auroc_min=0.75),
+    }
+
+
+class ExportSettings(BaseModel):
+    """Core ML / ONNX export and OTA publication."""
+
+    minimum_ios: str = "17.0"
+    quantizations: list[Literal["linear8", "palette4"]] = Field(
+        default_factory=lambda: ["linear8", "palette4"]
+    )
+    ota_base_url: str = "https://models.veloready.app/ota"
+
+
+class BriefSettings(BaseModel):
+    """Daily brief generation."""
+
+    provider: Literal["auto", "rules", "llm"] = "auto"
+    model: str = "gpt-4o-mini"
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_tokens: int = Field(default=150, ge=16, le=2048)
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    prompt_version: str = "v1"
+    concurrency: int = Field(default=16, ge=1, le=512)
+    requests_per_minute: int = Field(default=3000, ge=1, le=1_000_000)
+    max_retries: int = Field(default=4, ge=0, le=20)
+    timeout_s: float = Field(default=20.0, gt=0, le=600)
+    budget_usd: float = Field(default=5.0, ge=0)
+    use_batch_api: bool = False
+
+
+class ExecutionSettings(BaseModel):
+    """How work is spread: chunks of athletes per task, local or Dask."""
+
+    chunk_size: int = Field(default=50, ge=1, le=10_000)
+    dask_address: str | None = Field(default=None, description="tcp://host:8786 to use Dask")
+    local_workers: int = Field(default=1, ge=1, le=64)
+    torch_threads: int = Field(default=1, ge=1, le=64)
+
+
+class Settings(BaseSettings):
+    """The whole pipeline's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VELOREADY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    seed: int = Field(default=7, ge=0, le=2**31 - 1)
+    families: list[Family] = Field(default_factory=lambda: list(ALL_FAMILIES))
+    min_history_days: int = Field(default=90, ge=14, le=3650)
+    recovery_target: str = Field(
+        default="recovery_score", description="canonical column predicted for tomorrow"
+    )
+    missing_family_inputs: Literal["skip", "train_on_available"] = "train_on_available"
+    tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking URI; default sqlite under paths.mlflow_dir"
+    )
+    artifact_root: str | None = Field(default=None, description="MLflow artifact root")
+    registry_prefix: str = "veloready"
+    paths: PathSettings = Field(default_factory=PathSettings)
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
+    tuning: TuningSettings = Field(default_factory=TuningSettings)
+    gates: dict[str, GateThresholds] = Field(default_factory=_default_gates)
+    export: ExportSettings = Field(default_factory=ExportSettings)
+    briefs: BriefSettings = Field(default_factory=BriefSettings)
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    review_mode: Literal["auto", "manual"] = "auto"
+
+    @field_validator("families")
+    @classmethod
+    def _unique_families(cls, value: list[Family]) -> list[Family]:
+        if not value:
+            raise ValueError("at least one family must be trained")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _gates_for_families(self) -> Settings:
+        defaults = _default_gates()
+        for fam in ALL_FAMILIES:
+            self.gates.setdefault(fam, defaults[fam])
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Explicit arguments win over the environment, which wins over the YAML file
+        # (the file is passed in as init kwargs underneath explicit ones by `load_settings`).
+        return (init_settings, env_settings)
+
+    def resolve(self, path: Path) -> Path:
+        """An absolute path for a configured location."""
+        return path if path.is_absolute() else repo_root() / path
+
+    def mlflow_tracking_uri(self) -> str:
+        """The configured tracking URI, or SQLite under `paths.mlflow_dir`."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{self.resolve(self.paths.mlflow_dir) / 'mlflow.db'}"
+
+    def mlflow_artifact_root(self) -> str:
+        """Where MLflow stores artifacts for experiments this pipeline creates."""
+        if self.artifact_root:
+            return self.artifact_root
+        return (self.resolve(self.paths.mlflow_dir) / "artifacts").as_uri()
+
+    def brief_store(self) -> str:
+        """SQLAlchemy URL of the brief store."""
+        if self.paths.brief_store_url:
+            return self.paths.brief_store_url
+        return f"sqlite:///{self.resolve(self.paths.data_dir) / 'briefs.db'}"
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(
+    config_file: str | Path | None = None, **overrides: Any
+) -> Settings:
+    """Build and validate the settings.
+
+    Order of precedence: ``overrides`` > ``VELOREADY_*`` environment > YAML file
+    (``config_file`` or ``$VELOREADY_CONFIG``) > defaults.
+
+    Raises:
+        pydantic.ValidationError: naming the offending field.
+        FileNotFoundError: if an explicit config file does not exist.
+    """
+    file_values: dict[str, Any] = {}
+    path = config_file or os.environ.get("VELOREADY_CONFIG")
+    if path:
+        text = Path(path).read_text(encoding="utf-8")
+        file_values = yaml.safe_load(text) or {}
+        if not isinstance(file_values, dict):
+            raise ValueError(f"config file {path} must hold a mapping at the top level")
+    env_values = Settings().model_dump(exclude_unset=True) if _any_env() else {}
+    merged = _deep_merge(_deep_merge(file_values, env_values), overrides)
+    return Settings(**merged)
+
+
+def _any_env() -> bool:
+    return any(k.startswith("VELOREADY_") and k not in _NON_SETTING_ENV for k in os.environ)
+
+
+_NON_SETTING_ENV = {"VELOREADY_CONFIG", "VELOREADY_HOME"}

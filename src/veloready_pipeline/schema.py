@@ -1,0 +1,125 @@
+"""The canonical daily table: one row per athlete per day.
+
+Every source maps its rows onto these columns (units fixed here) before validation.
+The Great Expectations suite, the features and the docs are all generated from
+`CANONICAL_COLUMNS`, so this module is the single place the schema is written down.
+Columns marked ``required`` must exist in every frame (they may still be null where
+``nullable``); optional ones may be absent entirely (a source without power data has
+no ``best_power_*`` columns).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Column:
+    """One canonical column and its rules."""
+
+    name: str
+    dtype: str  # "string", "date", "float", "int", "bool"
+    unit: str
+    description: str
+    required: bool = False
+    nullable: bool = True
+    min: float | None = None
+    max: float | None = None
+    max_missing_rate: float | None = None  # share of an athlete's rows allowed null
+
+
+POWER_DURATIONS_S: tuple[int, ...] = (1, 5, 10, 30, 60, 300, 1200, 3600)
+POWER_COLUMNS: tuple[str, ...] = tuple(f"best_power_{d}s" for d in POWER_DURATIONS_S)
+
+CANONICAL_COLUMNS: tuple[Column, ...] = (
+    Column("athlete_id", "string", "-", "stable athlete identifier", True, False),
+    Column("date", "date", "day", "local calendar day of the row", True, False),
+    Column("hrv_ms", "float", "ms", "morning HRV (rMSSD)", False, True, 5, 250, 0.5),
+    Column("resting_hr", "float", "bpm", "morning resting heart rate", True, True, 25, 120, 0.5),
+    Column("sleep_score", "float", "0-100", "sleep score", True, True, 0, 100, 0.5),
+    Column("sleep_hours", "float", "h", "time asleep", False, True, 0, 16, 0.6),
+    Column("tss", "float", "TSS", "training stress of the day (0 on rest days)", True, True, 0, 800,
+           0.5),
+    Column("planned_tss", "float", "TSS", "planned training stress", False, True, 0, 800),
+    Column("recovery_score", "float", "0-100", "morning recovery/readiness score", True, True,
+           0, 100, 0.5),
+    Column("illness_confidence", "float", "0-1", "confidence the athlete is ill", False, True,
+           0, 1),
+    Column("alcohol", "float", "0/1", "alcohol the evening before", False, True, 0, 1),
+    Column("fatigue", "float", "0-100", "self-reported fatigue (high = fresh)", False, True, 0,
+           100),
+    Column("soreness", "float", "0-100", "self-reported soreness (high = not sore)", False, True,
+           0, 100),
+    Column("stress", "float", "0-100", "self-reported stress (high = relaxed)", False, True, 0,
+           100),
+    Column("mood", "float", "0-100", "self-reported mood", False, True, 0, 100),
+    Column("session_load", "float", "AU", "session RPE x minutes, summed over the day", False,
+           True, 0, 10000),
+    Column("time_available_min", "float", "min", "time the athlete has for training", False,
+           True, 0, 1440),
+    Column("planned_workout", "string", "-", "free text of the planned workout", False, True),
+    *(
+        Column(c, "float", "W", f"best mean power over {c[11:-1]} s on that day", False, True,
+               0, 2500)
+        for c in POWER_COLUMNS
+    ),
+    Column("ftp_test_w", "float", "W", "FTP measured by a test that day (label)", False, True,
+           50, 600),
+    Column("injury", "float", "0/1", "an injury/overtraining event starts that day", False, True,
+           0, 1),
+)
+
+COLUMNS_BY_NAME: dict[str, Column] = {c.name: c for c in CANONICAL_COLUMNS}
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(c.name for c in CANONICAL_COLUMNS if c.required)
+FLOAT_COLUMNS: tuple[str, ...] = tuple(c.name for c in CANONICAL_COLUMNS if c.dtype == "float")
+
+
+def coerce_canonical(df: pd.DataFrame) -> pd.DataFrame:
+    """Give known columns their canonical dtypes without dropping anything.
+
+    Values that cannot be converted are kept as NaN *and* recorded in the column
+    ``_coerce_errors`` (semicolon-separated column names) so validation can report
+    the exact row instead of the bad value silently disappearing.
+    """
+    out = df.copy()
+    errors = pd.Series([""] * len(out), index=out.index, dtype="object")
+    if "athlete_id" in out:
+        out["athlete_id"] = out["athlete_id"].astype("string")
+    if "date" in out:
+        parsed = pd.to_datetime(out["date"], errors="coerce", utc=False)
+        bad = parsed.isna() & out["date"].notna()
+        errors[bad] += "date;"
+        out["date"] = parsed.dt.tz_localize(None) if parsed.dt.tz is not None else parsed
+        out["date"] = out["date"].dt.normalize().astype("datetime64[ns]")
+    for name in FLOAT_COLUMNS:
+        if name in out:
+            raw = out[name]
+            if raw.dtype == bool:
+                raw = raw.astype(float)
+            num = pd.to_numeric(raw, errors="coerce")
+            bad = num.isna() & raw.notna() & (raw.astype("string").str.strip() != "")
+            errors[bad] += f"{name};"
+            out[name] = num.astype("float64")
+    if "planned_workout" in out:
+        out["planned_workout"] = out["planned_workout"].astype("string")
+    if errors.str.len().gt(0).any():
+        out["_coerce_errors"] = errors
+    return out
+
+
+def schema_markdown() -> str:
+    """The schema as a Markdown table (used by docs and `veloready schema`)."""
+    lines = [
+        "| column | type | unit | required | range | max missing | description |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in CANONICAL_COLUMNS:
+        rng = "" if c.min is None else f"{c.min:g}–{c.max:g}"
+        miss = "" if c.max_missing_rate is None else f"{c.max_missing_rate:.0%}"
+        lines.append(
+            f"| `{c.name}` | {c.dtype} | {c.unit} | {'yes' if c.required else 'no'} | {rng} "
+            f"| {miss} | {c.description} |"
+        )
+    return "\n".join(lines)

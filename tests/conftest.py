@@ -1,0 +1,31 @@
+"""Shared test set-up: every test session gets its own homes, never the user's.
+
+Prefect, MLflow and the pipeline's own paths all point into a temporary folder, and
+Prefect analytics are off, so tests run offline and never touch a shared home.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="veloready-tests-"))
+os.environ.setdefault("PREFECT_HOME", str(_SESSION_HOME / "prefect"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ["VELOREADY_HOME"] = str(_SESSION_HOME / "home")
+os.environ.pop("VELOREADY_CONFIG", None)
+os.environ.pop("OPENAI_API_KEY", None)
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+(_SESSION_HOME / "home").mkdir(parents=True, exist_ok=True)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def veloready_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh VELOREADY_HOME for one test: data/, mlflow/ and OTA output go under it."""
+    monkeypatch.setenv("VELOREADY_HOME", str(tmp_path))
+    return tmp_path
