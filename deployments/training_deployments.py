@@ -1,0 +1,31 @@
+"""Deployments of the weekly training flow: the weekly schedule and manual backfills."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flows.weekly_training import weekly_training, weekly_training_backfill
+
+WEEKLY_CRON = "0 2 * * 1"  # Mondays 02:00 UTC, before the morning briefs
+
+
+def training_deployments() -> list[Any]:
+    """The weekly cron deployment and the parameterised backfill deployment."""
+    weekly = weekly_training.to_deployment(
+        name="weekly",
+        cron=WEEKLY_CRON,
+        description="Retrain, gate, register and ship every athlete's models each week.",
+        tags=["veloready", "training", "scheduled"],
+        parameters={"progress": False},
+    )
+    backfill = weekly_training_backfill.to_deployment(
+        name="backfill",
+        description=(
+            "Manual backfill: re-train as of each date in [start, end] every N days, "
+            "using only data up to each date. Parameters: start, end, every_days, "
+            "athlete_ids, families, data."
+        ),
+        tags=["veloready", "training", "backfill"],
+        parameters={"start": "2026-01-01", "end": "2026-01-01", "every_days": 7},
+    )
+    return [weekly, backfill]

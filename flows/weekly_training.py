@@ -1,0 +1,199 @@
+"""The weekly training flow: every athlete's personal models, gated, registered, shipped.
+
+Stages (each a Prefect task over chunks of athletes):
+
+1. ingest      - the configured source (or synthetic athletes) into the canonical table
+2. validate    - Great Expectations; bad athletes quarantined with a report
+3. train       - per family and chunk: features, 70/15/15 time split, Optuna, fit, gate
+4. register    - MLflow runs for every model; passing ones registered; champion moves
+                 only when it beats the current one on the same test data
+5. export      - Core ML (+ quantized variants for networks) and ONNX of new versions
+6. publish     - signed OTA manifest per athlete advertising each family's champion
+7. report      - gate table artifact and the run summary JSON
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from tqdm import tqdm
+
+from tasks.runners import make_task_runner
+from tasks.training import (
+    export_models,
+    ingest_data,
+    publish_ota,
+    register_models,
+    train_family_chunk,
+    validate_data,
+)
+from veloready_pipeline import pipeline
+from veloready_pipeline.config import Family, Settings, load_settings
+from veloready_pipeline.results import ModelResult
+
+
+@flow(name="train-athlete-chunks")
+def train_chunks(frame: Any, families: list[str], settings: Settings,
+                 warm_starts: dict[str, dict[str, dict[str, Any]]] | None = None,
+                 progress: bool = True) -> list[ModelResult]:
+    """Stage 3: one task per family and chunk of athletes, run on the configured runner."""
+    ids = sorted(frame["athlete_id"].astype(str).unique())
+    chunks = pipeline.chunk_ids(ids, settings.execution.chunk_size)
+    futures = []
+    for family in families:
+        for no, chunk in enumerate(chunks):
+            rows = frame[frame["athlete_id"].isin(chunk)]
+            futures.append(train_family_chunk.submit(
+                family, no, rows, chunk, settings, (warm_starts or {}).get(family)))
+    results: list[ModelResult] = []
+    bar = tqdm(total=len(ids) * len(families), desc="athlete models", unit="model",
+               file=sys.stderr, disable=not progress)
+    for fut in as_completed(futures):
+        chunk_results = fut.result()
+        results.extend(chunk_results)
+        bar.update(len(chunk_results))
+    bar.close()
+    results.sort(key=lambda r: (r.athlete_id, r.family))
+    return results
+
+
+@flow(name="weekly-training", log_prints=True)
+def weekly_training(
+    settings: Settings | None = None,
+    data: str | None = None,
+    source: str | None = None,
+    as_of: str | None = None,
+    athlete_ids: list[str] | None = None,
+    families: list[Family] | None = None,
+    summary_json: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train, gate, register and ship every athlete's models.
+
+    Args:
+        settings: the whole configuration (defaults: YAML file + VELOREADY_* env).
+        data: a path or URL overriding the configured source.
+        source: the source kind (auto-detected from ``data`` when omitted).
+        as_of: train as of this date (YYYY-MM-DD), using only rows up to it.
+        athlete_ids: restrict the run to these athletes.
+        families: restrict the run to these families.
+        summary_json: where to write the run summary (default under reports_dir).
+        progress: show a progress bar of athlete models done.
+    """
+    logger = get_run_logger()
+    settings = settings or load_settings()
+    fams: list[str] = list(families or settings.families)
+    started = dt.datetime.now(dt.UTC)
+
+    ingested = ingest_data(settings, data, source)
+    outcome = validate_data(ingested, settings)
+    frame = pipeline.select_athletes(pipeline.cut_as_of(outcome.clean, as_of), athlete_ids)
+    quarantined = {aid: _first_failure(rep)
+                   for aid, rep in outcome.quarantined.items()
+                   if not athlete_ids or aid in athlete_ids}
+    logger.info("validated %d athletes: %d quarantined, %d training", outcome.n_athletes,
+                len(outcome.quarantined), frame["athlete_id"].nunique())
+
+    runner = make_task_runner(settings)
+    results = train_chunks.with_options(task_runner=runner)(
+        frame, fams, settings, None, progress)
+
+    run_id = str(flow_run.get_id() or "local")
+    workdir = settings.resolve(settings.paths.reports_dir) / "plots" / run_id
+    lineage = {
+        "prefect_flow_run_id": run_id,
+        "source": ingested.source,
+        "source_location": ingested.location,
+        "as_of": as_of or "",
+    }
+    digest = pipeline.data_digest(frame) if len(frame) else "empty"
+    outcomes = register_models(results, settings, digest, lineage, workdir)
+    exports = export_models(0, results, outcomes, settings)
+    manifests = publish_ota(exports, outcomes, settings)
+
+    by_key = {(o.athlete_id, o.family): o for o in outcomes}
+    rows = pipeline.summary_rows(results, by_key, exports, quarantined, fams)
+    for row in rows:
+        if row["athlete_id"] in manifests:
+            row["artifacts"]["ota_manifest"] = manifests[row["athlete_id"]]
+    counts = pipeline.status_counts(rows)
+    summary = {
+        "flow_run_id": run_id,
+        "started_at": started.isoformat(),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+        "as_of": as_of,
+        "source": ingested.source,
+        "data": ingested.location,
+        "families": fams,
+        "counts": counts,
+        "quarantined": quarantined,
+        "quarantine_dir": str(settings.resolve(settings.paths.quarantine_dir)),
+        "mlflow_tracking_uri": settings.mlflow_tracking_uri(),
+        "ota_dir": str(settings.resolve(settings.paths.ota_dir)),
+        "rows": rows,
+    }
+    out = Path(summary_json) if summary_json else (
+        settings.resolve(settings.paths.reports_dir) / f"summary-{run_id}.json")
+    pipeline.atomic_write_text(out, json.dumps(summary, indent=2, default=str))
+    summary["summary_path"] = str(out)
+    create_markdown_artifact(
+        key="gate-table",
+        markdown="# Weekly training gate table\n\n"
+        + "\n".join(f"- **{f}**: {c}" for f, c in counts.items())
+        + "\n\n" + pipeline.gate_table_markdown(rows),
+        description=f"Gate verdicts of {len(rows)} athlete models",
+    )
+    logger.info("done: %s; summary at %s", counts, out)
+    return summary
+
+
+def _first_failure(report: Any) -> str:
+    fails = getattr(report, "failures", [])
+    if not fails:
+        return "quarantined"
+    f = fails[0]
+    return f"quarantined: {f.get('column')} / {f.get('rule')}: {f.get('detail')}"
+
+
+@flow(name="weekly-training-backfill", log_prints=True)
+def weekly_training_backfill(
+    start: str,
+    end: str,
+    every_days: int = 7,
+    settings: Settings | None = None,
+    data: str | None = None,
+    athlete_ids: list[str] | None = None,
+    families: list[Family] | None = None,
+) -> list[dict[str, Any]]:
+    """Re-train as of each date from ``start`` to ``end`` (inclusive), every N days.
+
+    Each as-of run sees only rows up to its date, so the registry ends up as it would
+    have been had the weekly flow run on those dates.
+    """
+    settings = settings or load_settings()
+    day = dt.date.fromisoformat(start)
+    last = dt.date.fromisoformat(end)
+    if last < day:
+        raise ValueError(f"backfill end {end} is before start {start}")
+    out = []
+    while day <= last:
+        summary = weekly_training(settings=settings, data=data, as_of=day.isoformat(),
+                                  athlete_ids=athlete_ids, families=families, progress=False)
+        out.append({"as_of": day.isoformat(), "counts": summary["counts"],
+                    "summary_path": summary["summary_path"]})
+        day += dt.timedelta(days=every_days)
+    return out
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    weekly_training()

@@ -1,0 +1,160 @@
+"""`veloready` command line: simulate, train, briefs, OTA checks and the main job.
+
+Commands import the flows lazily, so `veloready --help` stays fast and nothing
+(Prefect, MLflow) is touched until a command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="VeloReady Pipeline: per-athlete models, gated, registered, shipped.")
+ota_app = typer.Typer(no_args_is_help=True, help="OTA manifests for the app.")
+app.add_typer(ota_app, name="ota")
+
+
+def _settings(config: Optional[Path], **overrides: object):  # noqa: ANN202
+    from pydantic import ValidationError
+
+    from veloready_pipeline.config import load_settings
+
+    try:
+        return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        typer.secho(f"invalid configuration:\n{exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _quiet_env() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _csv(value: Optional[str]) -> Optional[list[str]]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@app.command()
+def simulate(
+    athletes: int = typer.Option(20, "--athletes", min=1),
+    days: int = typer.Option(180, "--days", min=14),
+    seed: int = typer.Option(7, "--seed", min=0),
+    profile: str = typer.Option("realistic", "--profile", help="realistic | easy"),
+    out: Path = typer.Option(Path("data/synthetic"), "--out"),
+) -> None:
+    """Simulate synthetic athletes into a canonical Parquet file."""
+    from veloready_pipeline.simulate import simulate_athletes, write_simulation
+
+    if profile not in ("realistic", "easy"):
+        raise typer.BadParameter("profile must be realistic or easy", param_hint="--profile")
+    result = simulate_athletes(n_athletes=athletes, days=days, seed=seed, profile=profile)  # type: ignore[arg-type]
+    path = write_simulation(result, out)
+    typer.echo(f"wrote {len(result.frame)} rows for {athletes} athletes to {path}")
+    typer.echo(f"noise floor: {json.dumps(result.noise_floor)}")
+
+
+@app.command()
+def train(
+    data: Optional[str] = typer.Option(None, "--data", help="file, folder or URL"),
+    source: Optional[str] = typer.Option(None, "--source",
+                                         help="canonical|generic_csv|intervals|pmdata|postgres"),
+    families: Optional[str] = typer.Option(None, "--families", help="comma separated"),
+    as_of: Optional[str] = typer.Option(None, "--as-of", help="YYYY-MM-DD"),
+    athletes: Optional[str] = typer.Option(None, "--athletes", help="comma separated ids"),
+    summary_json: Optional[Path] = typer.Option(None, "--summary-json"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML settings file"),
+    mapping: Optional[Path] = typer.Option(None, "--mapping", help="generic CSV mapping YAML"),
+) -> None:
+    """Run the weekly training flow once (locally, or against PREFECT_API_URL)."""
+    _quiet_env()
+    settings = _settings(config)
+    if mapping is not None:
+        settings.source.mapping = mapping
+    from flows.weekly_training import weekly_training
+
+    fams = _csv(families)
+    summary = weekly_training(settings=settings, data=data, source=source, as_of=as_of,
+                              athlete_ids=_csv(athletes), families=fams,  # type: ignore[arg-type]
+                              summary_json=str(summary_json) if summary_json else None)
+    typer.echo(json.dumps(summary["counts"], indent=2))
+    typer.echo(f"summary:        {summary['summary_path']}")
+    typer.echo(f"MLflow store:   {summary['mlflow_tracking_uri']}")
+    typer.echo(f"OTA manifests:  {summary['ota_dir']}")
+    if summary["quarantined"]:
+        typer.echo(f"quarantined:    {len(summary['quarantined'])} athletes, reports in "
+                   f"{summary['quarantine_dir']}")
+
+
+@app.command()
+def main(
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML settings file"),
+) -> None:
+    """The main job on the embedded default: synthetic athletes, training, briefs."""
+    _quiet_env()
+    settings = _settings(config)
+    from flows.daily_briefs import daily_briefs
+    from flows.weekly_training import weekly_training
+
+    summary = weekly_training(settings=settings)
+    briefs = daily_briefs(settings=settings)
+    uri = summary["mlflow_tracking_uri"]
+    typer.echo("")
+    typer.echo("== VeloReady main job finished ==")
+    typer.echo(f"models by family/status: {json.dumps(summary['counts'])}")
+    typer.echo(f"run summary:      {summary['summary_path']}")
+    typer.echo(f"MLflow store:     {uri}")
+    typer.echo(f"exported models:  {settings.resolve(settings.paths.data_dir) / 'exports'}")
+    typer.echo(f"OTA manifests:    {summary['ota_dir']}")
+    typer.echo(f"daily briefs:     {briefs.get('store', settings.brief_store())} "
+               f"({briefs.get('counts', briefs.get('total', ''))})")
+    typer.echo(f"MLflow UI:        .venv/bin/mlflow ui --backend-store-uri {uri} "
+               "--port 5000  -> http://127.0.0.1:5000")
+    typer.echo("Prefect UI:       PREFECT_HOME=.prefect .venv/bin/prefect server start "
+               "-> http://127.0.0.1:4200")
+
+
+@ota_app.command("verify")
+def ota_verify(path: Path = typer.Argument(..., help="a manifest or a folder of manifests")) -> None:
+    """Check manifest signatures and every model file's checksum; exit 1 on any mismatch."""
+    from veloready_pipeline.export.ota import OTAVerificationError, verify_path
+
+    try:
+        reports = verify_path(path)
+    except OTAVerificationError as exc:
+        typer.secho(f"OTA verification FAILED: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    if not reports:
+        typer.secho(f"no manifests under {path}", fg="red", err=True)
+        raise typer.Exit(1)
+    for rep in reports:
+        typer.echo(f"ok  {rep}")
+    typer.echo(f"{len(reports)} manifest(s) verified")
+
+
+@app.command()
+def schema() -> None:
+    """Print the canonical daily schema as Markdown."""
+    from veloready_pipeline.schema import schema_markdown
+
+    typer.echo(schema_markdown())
+
+
+def _register_optional_commands() -> None:
+    """Commands owned by other modules; registered when their module is present."""
+    try:
+        from veloready_pipeline.briefs.cli import briefs_command
+    except ImportError as exc:  # the briefs package is part of the project
+        print(f"warning: briefs command unavailable: {exc}", file=sys.stderr)
+    else:
+        app.command("briefs")(briefs_command)
+
+
+_register_optional_commands()

@@ -1,0 +1,165 @@
+"""Recovery-family features and labels, computed per athlete with no look-ahead.
+
+Each athlete's rows are laid on a continuous daily calendar (missing days become
+rows of NaN, so "7 days ago" really is 7 days ago), then every feature for day *t* is
+computed from days <= *t* only: rolling baselines are shifted by one day, loads are
+causal EWMAs. The label is the *next calendar day's* target (``recovery_score`` by
+default); next-day HRV and sleep score are kept alongside for analysis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from veloready_pipeline.load import training_load
+
+BASELINE_DAYS = 28
+SLEEP_NEED_H = 8.0
+REST_TSS = 20.0
+
+RECOVERY_FEATURES: tuple[str, ...] = (
+    "recovery_today",
+    "sleep_score",
+    "sleep_hours",
+    "hrv_ms",
+    "hrv_delta_pct",
+    "resting_hr",
+    "rhr_delta",
+    "rhr_delta_pct",
+    "tss",
+    "planned_tss",
+    "ctl",
+    "atl",
+    "tsb",
+    "acwr",
+    "sleep_debt_h",
+    "days_since_rest",
+    "illness_confidence",
+    "day_of_week",
+    "recovery_trend_3d",
+    "alcohol",
+    "fatigue",
+    "soreness",
+    "stress",
+    "mood",
+)
+# Features that only exist when a sensor does: dropped for an athlete without it.
+SENSOR_GROUPS: dict[str, tuple[str, ...]] = {
+    "hrv": ("hrv_ms", "hrv_delta_pct"),
+    "sleep_hours": ("sleep_hours", "sleep_debt_h"),
+    "resting_hr": ("resting_hr", "rhr_delta", "rhr_delta_pct"),
+    "wellness": ("fatigue", "soreness", "stress", "mood"),
+}
+
+
+@dataclass
+class AthleteFeatures:
+    """One athlete's model-ready table."""
+
+    athlete_id: str
+    frame: pd.DataFrame  # calendar rows with features + label columns, indexed by date
+    feature_names: list[str]
+    dropped: dict[str, str] = field(default_factory=dict)  # feature -> reason
+
+    def labelled(self) -> pd.DataFrame:
+        """Rows that have a label (the next day exists and has a target value)."""
+        return self.frame[self.frame["label"].notna() & self.frame["recovery_today"].notna()]
+
+
+def to_calendar(athlete_rows: pd.DataFrame) -> pd.DataFrame:
+    """Reindex one athlete's rows onto every calendar day between first and last."""
+    rows = athlete_rows.sort_values("date").set_index("date")
+    full = pd.date_range(rows.index.min(), rows.index.max(), freq="D")
+    return rows.reindex(full)
+
+
+def _col(cal: pd.DataFrame, name: str) -> pd.Series:
+    if name in cal:
+        return cal[name].astype(float)
+    return pd.Series(np.nan, index=cal.index, dtype=float)
+
+
+def build_recovery_features(
+    athlete_rows: pd.DataFrame, target: str = "recovery_score"
+) -> AthleteFeatures:
+    """Features and next-day label for one athlete.
+
+    Args:
+        athlete_rows: canonical rows of a single athlete (any order, gaps allowed).
+        target: the canonical column to predict for tomorrow.
+
+    Raises:
+        ValueError: if the rows mix athletes or the target column is absent.
+    """
+    ids = athlete_rows["athlete_id"].unique()
+    if len(ids) != 1:
+        raise ValueError(f"build_recovery_features expects one athlete, got {list(ids)[:5]}")
+    athlete_id = str(ids[0])
+    if target not in athlete_rows:
+        raise ValueError(f"athlete {athlete_id}: target column {target!r} is absent")
+    cal = to_calendar(athlete_rows)
+    out = pd.DataFrame(index=cal.index)
+    rec = _col(cal, target)
+    out["recovery_today"] = rec
+    out["sleep_score"] = _col(cal, "sleep_score")
+    out["sleep_hours"] = _col(cal, "sleep_hours")
+    hrv = _col(cal, "hrv_ms")
+    hrv_base = hrv.shift(1).rolling(BASELINE_DAYS, min_periods=5).mean()
+    out["hrv_ms"] = hrv
+    out["hrv_delta_pct"] = (hrv - hrv_base) / hrv_base * 100.0
+    rhr = _col(cal, "resting_hr")
+    rhr_base = rhr.shift(1).rolling(BASELINE_DAYS, min_periods=5).mean()
+    out["resting_hr"] = rhr
+    out["rhr_delta"] = rhr - rhr_base
+    out["rhr_delta_pct"] = (rhr - rhr_base) / rhr_base * 100.0
+    tss = _col(cal, "tss")
+    out["tss"] = tss
+    out["planned_tss"] = _col(cal, "planned_tss")
+    load = training_load(tss.to_numpy())
+    for key, values in load.items():
+        out[key] = values
+    deficit = (SLEEP_NEED_H - out["sleep_hours"]).clip(lower=0)
+    out["sleep_debt_h"] = deficit.rolling(7, min_periods=3).sum()
+    rest = (tss.fillna(0.0) < REST_TSS).to_numpy()
+    since = np.zeros(len(rest))
+    count = 0.0
+    for i, is_rest in enumerate(rest):
+        count = 0.0 if is_rest else count + 1.0
+        since[i] = count
+    out["days_since_rest"] = since
+    out["illness_confidence"] = _col(cal, "illness_confidence")
+    out["day_of_week"] = cal.index.dayofweek.astype(float)
+    out["recovery_trend_3d"] = rec - rec.shift(1).rolling(3, min_periods=2).mean()
+    out["alcohol"] = _col(cal, "alcohol")
+    for name in ("fatigue", "soreness", "stress", "mood"):
+        out[name] = _col(cal, name)
+    # Labels: tomorrow's values (the only place the future is allowed).
+    out["label"] = rec.shift(-1)
+    out["label_next_hrv"] = hrv.shift(-1)
+    out["label_next_sleep_score"] = out["sleep_score"].shift(-1)
+    out.index.name = "date"
+
+    labelled = out[out["label"].notna() & out["recovery_today"].notna()]
+    dropped: dict[str, str] = {}
+    names: list[str] = []
+    for name in RECOVERY_FEATURES:
+        if labelled[name].notna().sum() == 0:
+            dropped[name] = "no data for this athlete"
+        else:
+            names.append(name)
+    return AthleteFeatures(athlete_id, out, names, dropped)
+
+
+def sensor_note(features: AthleteFeatures) -> str | None:
+    """A short human note on which sensor groups were missing, or None."""
+    missing = [
+        group
+        for group, cols in SENSOR_GROUPS.items()
+        if all(c in features.dropped for c in cols)
+    ]
+    if not missing:
+        return None
+    return "trained without " + ", ".join(missing) + " features (no data)"

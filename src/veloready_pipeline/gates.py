@@ -1,0 +1,147 @@
+"""Named, explicit quality gates evaluated on the untouched test part.
+
+A verdict lists every check with its value, threshold and margin, so a failure reads
+"rmse 9.42 > 8.00 (by 1.42)" rather than just "failed". A model must pass every
+threshold configured for its family *and* beat each naive baseline; otherwise it is
+never registered, exported or advertised to the app.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from veloready_pipeline.config import GateThresholds
+
+
+@dataclass(frozen=True)
+class Check:
+    """One gate check."""
+
+    name: str
+    value: float
+    threshold: float
+    op: str  # "<", ">", ">=", "<=", "beats"
+    passed: bool
+
+    @property
+    def margin(self) -> float:
+        """How far from the threshold, positive when on the passing side."""
+        if self.op in ("<", "<=", "beats"):
+            return self.threshold - self.value
+        return self.value - self.threshold
+
+    def describe(self) -> str:
+        if self.op == "beats":
+            word = "beats" if self.passed else "does not beat"
+            return (
+                f"{self.name}: model {self.value:.3f} {word} baseline {self.threshold:.3f}"
+                f" (by {abs(self.margin):.3f})"
+            )
+        if self.passed:
+            return f"{self.name} {self.value:.3f} {self.op} {self.threshold:.3f}"
+        neg = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}[self.op]
+        return (
+            f"{self.name} {self.value:.3f} {neg} {self.threshold:.3f} "
+            f"(misses by {abs(self.margin):.3f})"
+        )
+
+
+@dataclass
+class GateVerdict:
+    """Every check of one model, and the overall result."""
+
+    family: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def reason(self) -> str:
+        """One line naming what failed and by how much (or that all passed)."""
+        if not self.checks:
+            return "no checks configured"
+        if self.passed:
+            return "passed: " + "; ".join(c.describe() for c in self.checks)
+        return "failed: " + "; ".join(c.describe() for c in self.failures)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "family": self.family,
+            "passed": self.passed,
+            "reason": self.reason(),
+            "checks": [asdict(c) | {"margin": c.margin} for c in self.checks],
+        }
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and bool(np.isfinite(x))
+
+
+def evaluate_gate(
+    family: str,
+    metrics: dict[str, float],
+    baselines: dict[str, float],
+    thresholds: GateThresholds,
+) -> GateVerdict:
+    """Apply a family's thresholds and baseline comparisons.
+
+    Args:
+        metrics: the model's test metrics (``rmse``, ``mae``, ``r2``, ``auroc``, ``brier``).
+        baselines: metric of each naive baseline on the same test rows, keyed
+            ``"<baseline>_<metric>"`` (e.g. ``persistence_rmse``, ``mean_rmse``,
+            ``base_rate_brier``, ``warning_score_auroc``). Error metrics must be beaten by
+            being lower, ``auroc`` by being higher.
+    """
+    verdict = GateVerdict(family)
+    add = verdict.checks.append
+
+    def bounded(name: str, limit: float | None, op: str) -> None:
+        if limit is None:
+            return
+        value = metrics.get(name)
+        if not _finite(value):
+            add(Check(name, float("nan"), limit, op, False))
+            return
+        v = float(value)  # type: ignore[arg-type]
+        ok = v < limit if op == "<" else v > limit if op == ">" else v >= limit
+        add(Check(name, v, limit, op, ok))
+
+    bounded("rmse", thresholds.rmse_max, "<")
+    bounded("mae", thresholds.mae_max, "<")
+    bounded("r2", thresholds.r2_min, ">")
+    bounded("auroc", thresholds.auroc_min, ">=")
+    if thresholds.must_beat_baselines:
+        for key, base in sorted(baselines.items()):
+            metric = key.rsplit("_", 1)[-1]
+            value = metrics.get(metric)
+            if not _finite(base) or not _finite(value):
+                add(Check(f"beats {key}", float("nan"), float("nan"), "beats", False))
+                continue
+            v, b = float(value), float(base)  # type: ignore[arg-type]
+            if metric == "auroc":
+                # Higher is better: express as "loss" so margin stays positive-when-passing.
+                add(Check(f"beats {key}", -v, -b, "beats", v > b))
+            else:
+                add(Check(f"beats {key}", v, b, "beats", v < b))
+    return verdict
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE and R² (R² against the test part's own mean)."""
+    y_true = np.asarray(y_true, dtype=float)
+    y_pred = np.asarray(y_pred, dtype=float)
+    err = y_pred - y_true
+    ss_res = float(np.sum(err**2))
+    ss_tot = float(np.sum((y_true - y_true.mean()) ** 2))
+    return {
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "mae": float(np.mean(np.abs(err))),
+        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
+    }

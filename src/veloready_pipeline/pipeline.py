@@ -1,0 +1,243 @@
+"""Plain-Python stage functions the Prefect tasks wrap (no Prefect imports here).
+
+Each function is one stage of the weekly training flow, testable without an
+orchestrator: load the data, cut it at the as-of date, split athletes into chunks,
+train a family on a chunk, score models for champion comparison, export and publish,
+and build the run summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from veloready_pipeline.config import Settings, SourceSettings
+from veloready_pipeline.gates import regression_metrics
+from veloready_pipeline.results import ModelResult
+from veloready_pipeline.sources.base import ParseIssue, SourceResult
+
+
+@dataclass
+class IngestResult:
+    """The canonical rows of a run plus where they came from."""
+
+    frame: pd.DataFrame
+    issues: list[ParseIssue]
+    notes: dict[str, str]
+    source: str
+    location: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def synthetic_data_path(settings: Settings) -> Path:
+    """Where the embedded default keeps its synthetic athletes."""
+    return settings.resolve(settings.paths.data_dir) / "synthetic" / "athletes.parquet"
+
+
+def ensure_synthetic_data(settings: Settings) -> Path:
+    """Simulate the configured synthetic athletes once (deterministic per seed)."""
+    from veloready_pipeline.simulate import simulate_athletes, write_simulation
+
+    path = synthetic_data_path(settings)
+    truth = path.parent / "truth.json"
+    sim = settings.simulator
+    want = {"n_athletes": sim.athletes, "days": sim.days, "seed": settings.seed,
+            "profile": sim.profile}
+    if path.exists() and truth.exists():
+        have = json.loads(truth.read_text())
+        if all(have.get(k) == v for k, v in want.items()):
+            return path
+    result = simulate_athletes(n_athletes=sim.athletes, days=sim.days, seed=settings.seed,
+                               profile=sim.profile, start_date=sim.start_date)
+    return write_simulation(result, path.parent)
+
+
+def load_data(settings: Settings, data: str | None = None,
+              source_name: str | None = None) -> IngestResult:
+    """Read the configured source (or the synthetic default) into canonical rows."""
+    from veloready_pipeline.sources import make_source
+
+    cfg = settings.source
+    if data is not None or source_name is not None:
+        cfg = SourceSettings(**(cfg.model_dump() | {
+            "path": data if data is not None else cfg.path,
+            "name": source_name or ("auto" if data is not None else cfg.name),
+        }))
+    if cfg.path is None:
+        path = ensure_synthetic_data(settings)
+        cfg = SourceSettings(name="canonical", path=str(path))
+    source = make_source(cfg)
+    result: SourceResult = source.load()
+    return IngestResult(result.frame, list(result.issues), dict(result.notes),
+                        getattr(source, "name", cfg.name), str(cfg.path))
+
+
+def cut_as_of(frame: pd.DataFrame, as_of: str | None) -> pd.DataFrame:
+    """Only rows dated on or before ``as_of`` (a backfill never sees later data)."""
+    if as_of is None:
+        return frame
+    return frame[frame["date"] <= pd.Timestamp(as_of)].copy()
+
+
+def select_athletes(frame: pd.DataFrame, athlete_ids: Sequence[str] | None) -> pd.DataFrame:
+    """Rows of the requested athletes; unknown ids are an error naming them."""
+    if not athlete_ids:
+        return frame
+    known = set(frame["athlete_id"].astype(str).unique())
+    unknown = sorted(set(athlete_ids) - known)
+    if unknown:
+        raise ValueError(f"unknown athlete ids: {', '.join(unknown[:10])}")
+    return frame[frame["athlete_id"].isin(list(athlete_ids))].copy()
+
+
+def chunk_ids(ids: Sequence[str], size: int) -> list[list[str]]:
+    """Athletes in chunks: one task per chunk keeps orchestration cost small."""
+    return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
+
+
+def data_digest(frame: pd.DataFrame) -> str:
+    """A digest of the rows (order-independent within the frame's sort)."""
+    cols = sorted(c for c in frame.columns if not c.startswith("_"))
+    ordered = frame.sort_values(["athlete_id", "date"])[cols].reset_index(drop=True)
+    h = pd.util.hash_pandas_object(ordered, index=False).to_numpy()
+    return hashlib.sha256(h.tobytes()).hexdigest()[:24]
+
+
+def train_family(family: str, frame: pd.DataFrame, athlete_ids: list[str],
+                 settings: Settings,
+                 warm_starts: dict[str, dict[str, Any]] | None = None) -> list[ModelResult]:
+    """Train one family for a chunk of athletes."""
+    if family == "recovery":
+        from veloready_pipeline.models.recovery import train_recovery_chunk
+
+        return train_recovery_chunk(frame, athlete_ids, settings, warm_starts)
+    from veloready_pipeline.models.nets import train_net_chunk
+
+    return train_net_chunk(family, frame, athlete_ids, settings)
+
+
+def score_model(result: ModelResult, model: Any) -> float:
+    """Loss of ``model`` on ``result``'s test part (lower is better).
+
+    Used to compare a new model and the current champion on the same test rows.
+    """
+    if result.test_X is None or result.test_y is None:
+        return float("inf")
+    if result.model_kind == "xgboost":
+        import xgboost as xgb
+
+        booster = model.get_booster() if hasattr(model, "get_booster") else model
+        if list(booster.feature_names or []) != result.feature_names:
+            raise ValueError("champion uses a different feature set")
+        pred = booster.inplace_predict(np.asarray(result.test_X, dtype=np.float32))
+        del xgb
+        return regression_metrics(result.test_y, pred)["rmse"]
+    from veloready_pipeline.models.nets import score_net
+
+    return score_net(result, model)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so readers see the old or the new content, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def summary_rows(
+    results: Iterable[ModelResult],
+    outcomes: dict[tuple[str, str], Any],
+    exports: dict[tuple[str, str], dict[str, Any]],
+    quarantined: dict[str, str],
+    families: Sequence[str],
+) -> list[dict[str, Any]]:
+    """One row per athlete and family with status, metrics, version and artifacts."""
+    rows: list[dict[str, Any]] = []
+    for aid, reason in sorted(quarantined.items()):
+        for fam in families:
+            rows.append({"athlete_id": aid, "family": fam, "status": "quarantined",
+                         "reason": reason, "metrics": {}, "registry_version": None,
+                         "artifacts": {}})
+    for r in results:
+        key = (r.athlete_id, r.family)
+        out = outcomes.get(key)
+        if r.status == "skipped":
+            status = "skipped"
+        elif r.status == "failed":
+            status = "failed"
+        elif r.passed and out is not None and out.version is not None:
+            status = "registered"
+        else:
+            status = "gate_failed"
+        metrics = {k: r.metrics.get(k) for k in ("rmse", "mae", "r2", "auroc", "brier")
+                   if k in r.metrics}
+        base = {k: v for k, v in r.baselines.items()}
+        if r.family in ("recovery", "zones") and base:
+            metrics["baseline_rmse"] = min(v for k, v in base.items() if k.endswith("_rmse"))
+        artifacts = dict(exports.get(key, {}))
+        if out is not None:
+            artifacts |= out.artifacts
+        rows.append({
+            "athlete_id": r.athlete_id,
+            "family": r.family,
+            "status": status,
+            "reason": (out.decision if (out is not None and status == "registered")
+                       else r.reason),
+            "metrics": metrics,
+            "baselines": base,
+            "registry_name": getattr(out, "registered_name", None),
+            "registry_version": getattr(out, "version", None),
+            "champion": bool(getattr(out, "champion", False)),
+            "mlflow_run_id": getattr(out, "run_id", None),
+            "n_rows": r.n_rows,
+            "data_window": r.data_window,
+            "notes": r.notes,
+            "artifacts": artifacts,
+        })
+    rows.sort(key=lambda x: (x["athlete_id"], families.index(x["family"])
+                             if x["family"] in families else 99))
+    return rows
+
+
+def gate_table_markdown(rows: list[dict[str, Any]], limit: int = 200) -> str:
+    """The gate table as Markdown for the Prefect artifact."""
+    lines = ["| athlete | family | status | rmse | mae | r2 | auroc | baseline | version "
+             "| reason |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(x: Any) -> str:
+        return "" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+    for row in rows[:limit]:
+        m = row.get("metrics", {})
+        base = m.get("baseline_rmse")
+        if base is None and row.get("baselines"):
+            base = next(iter(row["baselines"].values()))
+        lines.append(
+            f"| {row['athlete_id']} | {row['family']} | {row['status']} | {f(m.get('rmse'))} "
+            f"| {f(m.get('mae'))} | {f(m.get('r2'))} | {f(m.get('auroc'))} | {f(base)} "
+            f"| {f(row.get('registry_version'))} | {str(row.get('reason', ''))[:160]} |"
+        )
+    if len(rows) > limit:
+        lines.append(f"\n… {len(rows) - limit} more rows in the summary JSON")
+    return "\n".join(lines)
+
+
+def status_counts(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Counts of statuses per family."""
+    out: dict[str, dict[str, int]] = {}
+    for row in rows:
+        fam = out.setdefault(row["family"], {})
+        fam[row["status"]] = fam.get(row["status"], 0) + 1
+    return out

@@ -1,0 +1,151 @@
+"""Export registered models and publish signed OTA manifests.
+
+Only registered versions (they passed their gates) are exported. Each export lands in
+``<data_dir>/exports/<family>/<athlete>/v<version>/`` with an ``export.json`` record;
+an existing record means the work is done (re-runs are free and safe). Manifests
+advertise, per athlete, each family's *champion* version, so a version that was
+registered but did not beat the champion is exported but not shipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from veloready_pipeline.config import Settings
+from veloready_pipeline.pipeline import atomic_write_text
+from veloready_pipeline.results import ModelResult
+
+RECORD = "export.json"
+
+
+def export_dir(settings: Settings, family: str, athlete_id: str, version: str) -> Path:
+    """Where one registered version's exported files live."""
+    return (settings.resolve(settings.paths.data_dir) / "exports" / family / athlete_id
+            / f"v{version}")
+
+
+def _artifact_dict(art: Any) -> dict[str, Any]:
+    d = asdict(art) if is_dataclass(art) else dict(art)
+    d["path"] = str(d["path"])
+    return d
+
+
+def export_recovery(result: ModelResult, out_dir: Path, name: str) -> dict[str, Any]:
+    """Float32 Core ML tree ensemble + ONNX, with parity checked on the test rows."""
+    from veloready_pipeline.export.coreml import export_xgboost
+
+    sample = np.asarray(result.test_X, dtype=np.float32)
+    arts = export_xgboost(result.model, result.feature_names, out_dir, name, sample)
+    return {
+        "family": result.family,
+        "shipped": "coreml",
+        "quantization": "float32",
+        "artifacts": {k: _artifact_dict(v) for k, v in arts.items()},
+        "gate_metrics": {k: float(v) for k, v in result.metrics.items()},
+    }
+
+
+def export_registered(
+    results: Iterable[ModelResult], outcomes: Iterable[Any], settings: Settings
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Export every registered version not exported yet; returns records by (athlete, family).
+
+    A failed export is recorded (``error``) and never shipped; the others go on.
+    """
+    by_key = {(r.athlete_id, r.family): r for r in results}
+    records: dict[tuple[str, str], dict[str, Any]] = {}
+    for out in outcomes:
+        if out.version is None:
+            continue
+        key = (out.athlete_id, out.family)
+        result = by_key.get(key)
+        folder = export_dir(settings, out.family, out.athlete_id, out.version)
+        record_path = folder / RECORD
+        if record_path.exists():
+            records[key] = json.loads(record_path.read_text())
+            continue
+        if result is None:
+            continue
+        name = out.registered_name or f"{out.family}-{out.athlete_id}"
+        try:
+            if out.family == "recovery":
+                rec = export_recovery(result, folder, name)
+            else:
+                from veloready_pipeline.models.nets import export_net
+
+                rec = export_net(result, folder, name, settings)
+        except Exception as exc:  # noqa: BLE001 - recorded; the model is not shipped
+            records[key] = {"family": out.family, "error": f"{type(exc).__name__}: {exc}"}
+            continue
+        rec |= {"athlete_id": out.athlete_id, "registry_name": out.registered_name,
+                "registry_version": out.version}
+        atomic_write_text(record_path, json.dumps(rec, indent=2, default=str))
+        records[key] = rec
+    return records
+
+
+def _champion_record(settings: Settings, family: str, athlete_id: str,
+                     version: str) -> dict[str, Any] | None:
+    path = export_dir(settings, family, athlete_id, version) / RECORD
+    if not path.exists():
+        return None
+    rec = json.loads(path.read_text())
+    return None if "error" in rec else rec
+
+
+def manifest_entries(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The OTA entries of one exported version: the shipped Core ML file plus ONNX."""
+    entries = []
+    shipped = record["artifacts"][record["shipped"]]
+    for art in (shipped, record["artifacts"].get("onnx")):
+        if art is None:
+            continue
+        entries.append({
+            "family": record["family"],
+            "registry_name": record["registry_name"],
+            "registry_version": record["registry_version"],
+            "format": art["kind"],
+            "quantization": art["variant"],
+            "source_path": art["path"],
+            "sha256": art["sha256"],
+            "size_bytes": art["size_bytes"],
+            "input_names": art["input_names"],
+            "input_shapes": art["input_shapes"],
+            "output_names": art["output_names"],
+            "output_shapes": art["output_shapes"],
+            "gate_metrics": record.get("gate_metrics", {}),
+        })
+    return entries
+
+
+def publish_manifests(
+    exports: dict[tuple[str, str], dict[str, Any]], outcomes: Iterable[Any], settings: Settings
+) -> dict[str, str]:
+    """Write one signed manifest per athlete that has at least one exported champion."""
+    from veloready_pipeline.export.ota import write_manifest
+
+    champions: dict[str, dict[str, str]] = {}
+    for out in outcomes:
+        if out.champion_version is not None:
+            champions.setdefault(out.athlete_id, {})[out.family] = out.champion_version
+    written: dict[str, str] = {}
+    ota_dir = settings.resolve(settings.paths.ota_dir)
+    key = settings.resolve(settings.paths.signing_key)
+    for athlete_id, fams in sorted(champions.items()):
+        entries: list[dict[str, Any]] = []
+        for family, version in sorted(fams.items()):
+            rec = _champion_record(settings, family, athlete_id, version)
+            if rec is not None:
+                entries.extend(manifest_entries(rec))
+        if not entries:
+            continue
+        path = write_manifest(ota_dir, athlete_id, entries, key,
+                              minimum_ios=settings.export.minimum_ios)
+        written[athlete_id] = str(path)
+    return written

@@ -1,0 +1,73 @@
+"""Prefect tasks of the weekly training flow: thin wrappers over `veloready_pipeline`.
+
+Each task takes a *chunk* of athletes (never one athlete, trial or tiny step), so
+orchestration stays a small share of the run. Retries and timeouts live here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from veloready_pipeline import pipeline
+from veloready_pipeline.config import Settings
+from veloready_pipeline.results import ModelResult
+
+
+@task(name="ingest-data", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def ingest_data(settings: Settings, data: str | None, source: str | None) -> pipeline.IngestResult:
+    """Read every athlete's daily rows into the canonical table."""
+    return pipeline.load_data(settings, data, source)
+
+
+@task(name="validate-data", cache_policy=NO_CACHE)
+def validate_data(ingested: pipeline.IngestResult, settings: Settings) -> Any:
+    """Great Expectations suite; quarantines bad athletes and writes their reports."""
+    from veloready_pipeline.validation import validate_frame, write_quarantine_reports
+
+    outcome = validate_frame(ingested.frame, ingested.issues)
+    write_quarantine_reports(outcome, settings.resolve(settings.paths.quarantine_dir))
+    return outcome
+
+
+@task(name="train-family-chunk", cache_policy=NO_CACHE, timeout_seconds=3600,
+      task_run_name="train-{family}-chunk-{chunk_no}")
+def train_family_chunk(family: str, chunk_no: int, frame: pd.DataFrame, athlete_ids: list[str],
+                       settings: Settings,
+                       warm_starts: dict[str, dict[str, Any]] | None = None) -> list[ModelResult]:
+    """Features, split, Optuna tuning, fit and gate for one family on a chunk of athletes."""
+    return pipeline.train_family(family, frame, athlete_ids, settings, warm_starts)
+
+
+@task(name="register-models", cache_policy=NO_CACHE)
+def register_models(results: list[ModelResult], settings: Settings, data_hash: str,
+                    lineage: dict[str, str], workdir: Path) -> list[Any]:
+    """Log every model run to MLflow, register passing ones, move `champion` (one writer)."""
+    from veloready_pipeline.plots import plot_residuals
+    from veloready_pipeline.registry import register_results
+
+    return register_results(results, settings, data_hash=data_hash, lineage=lineage,
+                            score_fn=pipeline.score_model, plot_fn=plot_residuals,
+                            workdir=workdir)
+
+
+@task(name="export-models", cache_policy=NO_CACHE, task_run_name="export-chunk-{chunk_no}")
+def export_models(chunk_no: int, results: list[ModelResult], outcomes: list[Any],
+                  settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
+    """Core ML + ONNX export (quantized for networks) of newly registered models."""
+    from veloready_pipeline.publish import export_registered
+
+    return export_registered(results, outcomes, settings)
+
+
+@task(name="publish-ota", cache_policy=NO_CACHE)
+def publish_ota(exports: dict[tuple[str, str], dict[str, Any]], outcomes: list[Any],
+                settings: Settings) -> dict[str, str]:
+    """Signed OTA manifests, one per athlete, advertising each family's champion."""
+    from veloready_pipeline.publish import publish_manifests
+
+    return publish_manifests(exports, outcomes, settings)
