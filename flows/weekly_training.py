@@ -35,6 +35,7 @@ from tasks.training import (
     register_models,
     train_family_chunk,
     validate_data,
+    write_report,
 )
 from veloready_pipeline import pipeline
 from veloready_pipeline.config import Family, Settings, load_settings
@@ -143,8 +144,12 @@ def weekly_training(
     }
     out = Path(summary_json) if summary_json else (
         settings.resolve(settings.paths.reports_dir) / f"summary-{run_id}.json")
-    pipeline.atomic_write_text(out, json.dumps(summary, indent=2, default=str))
     summary["summary_path"] = str(out)
+    report = write_report(summary, settings.resolve(settings.paths.reports_dir) / run_id,
+                          settings)
+    summary["report"] = report
+    summary["pooled"] = report.get("pooled_metrics", {})
+    pipeline.atomic_write_text(out, json.dumps(summary, indent=2, default=str))
     create_markdown_artifact(
         key="gate-table",
         markdown="# Weekly training gate table\n\n"

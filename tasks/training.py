@@ -71,3 +71,20 @@ def publish_ota(exports: dict[tuple[str, str], dict[str, Any]], outcomes: list[A
     from veloready_pipeline.publish import publish_manifests
 
     return publish_manifests(exports, outcomes, settings)
+
+
+@task(name="write-report", cache_policy=NO_CACHE)
+def write_report(summary: dict[str, Any], out_dir: Path, settings: Settings) -> dict[str, Any]:
+    """Evaluation report (Markdown + HTML + plots), logged to MLflow and linked in Prefect."""
+    from prefect.artifacts import create_link_artifact
+
+    from veloready_pipeline.registry import log_report
+    from veloready_pipeline.report import build_report, pooled_metrics
+
+    paths = build_report(summary, out_dir)
+    run_id = log_report(settings, out_dir, summary.get("flow_run_id", "local"))
+    create_link_artifact(key="evaluation-report", link=paths["html"].resolve().as_uri(),
+                         link_text=f"evaluation report ({paths['html']})",
+                         description=f"MLflow run {run_id} holds the same page")
+    return {"html": str(paths["html"]), "markdown": str(paths["markdown"]),
+            "mlflow_run_id": run_id, "pooled_metrics": pooled_metrics(summary["rows"])}

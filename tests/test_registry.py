@@ -11,7 +11,7 @@ from veloready_pipeline.config import load_settings
 from veloready_pipeline.models.recovery import train_recovery_model
 from veloready_pipeline.pipeline import score_model
 from veloready_pipeline.plots import plot_residuals
-from veloready_pipeline.registry import CHAMPION, registered_name, register_results
+from veloready_pipeline.registry import CHAMPION, register_results, registered_name
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -20,7 +19,7 @@ ota_app = typer.Typer(no_args_is_help=True, help="OTA manifests for the app.")
 app.add_typer(ota_app, name="ota")
 
 
-def _settings(config: Optional[Path], **overrides: object):  # noqa: ANN202
+def _settings(config: Path | None, **overrides: object):  # noqa: ANN202
     from pydantic import ValidationError
 
     from veloready_pipeline.config import load_settings
@@ -38,7 +37,7 @@ def _quiet_env() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
-def _csv(value: Optional[str]) -> Optional[list[str]]:
+def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
@@ -63,15 +62,15 @@ def simulate(
 
 @app.command()
 def train(
-    data: Optional[str] = typer.Option(None, "--data", help="file, folder or URL"),
-    source: Optional[str] = typer.Option(None, "--source",
+    data: str | None = typer.Option(None, "--data", help="file, folder or URL"),
+    source: str | None = typer.Option(None, "--source",
                                          help="canonical|generic_csv|intervals|pmdata|postgres"),
-    families: Optional[str] = typer.Option(None, "--families", help="comma separated"),
-    as_of: Optional[str] = typer.Option(None, "--as-of", help="YYYY-MM-DD"),
-    athletes: Optional[str] = typer.Option(None, "--athletes", help="comma separated ids"),
-    summary_json: Optional[Path] = typer.Option(None, "--summary-json"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML settings file"),
-    mapping: Optional[Path] = typer.Option(None, "--mapping", help="generic CSV mapping YAML"),
+    families: str | None = typer.Option(None, "--families", help="comma separated"),
+    as_of: str | None = typer.Option(None, "--as-of", help="YYYY-MM-DD"),
+    athletes: str | None = typer.Option(None, "--athletes", help="comma separated ids"),
+    summary_json: Path | None = typer.Option(None, "--summary-json"),
+    config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
+    mapping: Path | None = typer.Option(None, "--mapping", help="generic CSV mapping YAML"),
 ) -> None:
     """Run the weekly training flow once (locally, or against PREFECT_API_URL)."""
     _quiet_env()
@@ -95,7 +94,7 @@ def train(
 
 @app.command()
 def main(
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML settings file"),
+    config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
 ) -> None:
     """The main job on the embedded default: synthetic athletes, training, briefs."""
     _quiet_env()
@@ -122,7 +121,9 @@ def main(
 
 
 @ota_app.command("verify")
-def ota_verify(path: Path = typer.Argument(..., help="a manifest or a folder of manifests")) -> None:
+def ota_verify(
+    path: Path = typer.Argument(..., help="a manifest or a folder of manifests"),
+) -> None:
     """Check manifest signatures and every model file's checksum; exit 1 on any mismatch."""
     from veloready_pipeline.export.ota import OTAVerificationError, verify_path
 
@@ -137,6 +138,19 @@ def ota_verify(path: Path = typer.Argument(..., help="a manifest or a folder of 
     for rep in reports:
         typer.echo(f"ok  {rep}")
     typer.echo(f"{len(reports)} manifest(s) verified")
+
+
+@app.command()
+def report(
+    summary_json: Path = typer.Option(..., "--summary-json", exists=True, dir_okay=False),
+    out: Path = typer.Option(Path("data/reports/latest"), "--out"),
+) -> None:
+    """Write the evaluation report (Markdown + HTML + plots) for a run summary."""
+    from veloready_pipeline.report import build_report
+
+    paths = build_report(json.loads(summary_json.read_text()), out)
+    for kind, path in paths.items():
+        typer.echo(f"{kind:9s} {path}")
 
 
 @app.command()

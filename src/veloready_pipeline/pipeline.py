@@ -204,10 +204,26 @@ def summary_rows(
             "data_window": r.data_window,
             "notes": r.notes,
             "artifacts": artifacts,
+            "test": _test_block(r),
         })
     rows.sort(key=lambda x: (x["athlete_id"], families.index(x["family"])
                              if x["family"] in families else 99))
     return rows
+
+
+def _test_block(r: ModelResult) -> dict[str, Any] | None:
+    """Test-part predictions kept in the summary (for reports and live monitoring)."""
+    if r.test_y is None or r.test_pred is None:
+        return None
+    block: dict[str, Any] = {
+        "dates": list(r.test_dates),
+        "y_true": np.round(np.asarray(r.test_y, dtype=float), 4).tolist(),
+        "y_pred": np.round(np.asarray(r.test_pred, dtype=float), 4).tolist(),
+    }
+    if "baseline_score" in r.extra:
+        block["baseline_score"] = np.round(
+            np.asarray(r.extra["baseline_score"], dtype=float), 4).tolist()
+    return block
 
 
 def gate_table_markdown(rows: list[dict[str, Any]], limit: int = 200) -> str:

@@ -291,3 +291,13 @@ def _decide_champion(
                                          f"{old_loss:.6f}")
     client.set_model_version_tag(name, version, "champion_decision", out.decision)
     client.set_model_version_tag(name, version, "new_loss_same_test", f"{new_loss:.6f}")
+
+
+def log_report(settings: Settings, folder: Path, flow_run_id: str) -> str:
+    """Log a run's evaluation report folder as an MLflow run of its own; returns run id."""
+    configure_mlflow(settings)
+    with mlflow.start_run(run_name=f"report-{flow_run_id}",
+                          tags={"kind": "evaluation-report",
+                                "prefect_flow_run_id": flow_run_id}) as run:
+        mlflow.log_artifacts(str(folder), artifact_path="report")
+        return str(run.info.run_id)

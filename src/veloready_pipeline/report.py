@@ -1,0 +1,208 @@
+"""Evaluation report: a page a person can read, built from a run summary JSON.
+
+Per-athlete verdicts, metrics against the naive baselines, pooled figures (pooled
+RMSE vs pooled persistence/mean RMSE for regressions, pooled AUROC/Brier of injury
+risk against the warning-sign score) and plots: predicted vs actual and residuals
+over time, pooled and per athlete. Written as Markdown and HTML side by side.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from veloready_pipeline.pipeline import atomic_write_text
+
+
+def _fmt(x: Any, nd: int = 2) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{nd}f}" if isinstance(x, float | int) and not isinstance(x, bool) else str(x)
+
+
+def auroc(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (Mann–Whitney), NaN when only one class is present."""
+    y = np.asarray(y, dtype=float)
+    s = np.asarray(score, dtype=float)
+    pos, neg = s[y > 0.5], s[y <= 0.5]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    allv = np.concatenate([pos, neg])[order]
+    # average ranks for ties
+    i = 0
+    while i < len(allv):
+        j = i
+        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1
+        i = j + 1
+    r_pos = ranks[: len(pos)].sum()
+    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def pooled_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Pooled figures per family from the per-athlete rows of a summary."""
+    out: dict[str, dict[str, float]] = {}
+    by_fam: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("metrics") and r["status"] in ("registered", "gate_failed"):
+            by_fam.setdefault(r["family"], []).append(r)
+    for fam, rs in by_fam.items():
+        fam_out: dict[str, float] = {"athletes": float(len(rs)),
+                                     "passed": float(sum(r["status"] == "registered"
+                                                         for r in rs))}
+        n = np.array([r.get("n_rows", {}).get("test", 0) for r in rs], dtype=float)
+        if "rmse" in rs[0]["metrics"] and n.sum() > 0:
+            rm = np.array([r["metrics"].get("rmse", np.nan) for r in rs])
+            fam_out["pooled_rmse"] = float(np.sqrt(np.nansum(n * rm**2) / n.sum()))
+            fam_out["median_rmse"] = float(np.nanmedian(rm))
+            for key in sorted({k for r in rs for k in r.get("baselines", {})}):
+                if key.endswith("_rmse"):
+                    b = np.array([r["baselines"].get(key, np.nan) for r in rs])
+                    fam_out[f"pooled_{key}"] = float(np.sqrt(np.nansum(n * b**2) / n.sum()))
+                    fam_out[f"share_beating_{key}"] = float(np.mean(rm < b))
+        tests = [r["test"] for r in rs if r.get("test")]
+        if fam == "injury" and tests:
+            y = np.concatenate([t["y_true"] for t in tests])
+            p = np.concatenate([t["y_pred"] for t in tests])
+            fam_out["pooled_auroc"] = auroc(y, p)
+            prob = p / 100.0 if np.nanmax(p) > 1.0 else p
+            fam_out["pooled_brier"] = float(np.mean((prob - y) ** 2))
+            fam_out["pooled_base_rate_brier"] = float(np.mean((y.mean() - y) ** 2))
+            fam_out["pooled_events"] = float(y.sum())
+            ws = [t.get("baseline_score") for t in tests]
+            if all(w is not None for w in ws):
+                fam_out["pooled_warning_score_auroc"] = auroc(y, np.concatenate(ws))
+        out[fam] = fam_out
+    return out
+
+
+def _pooled_plot(rows: list[dict[str, Any]], family: str, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tests = [r["test"] for r in rows if r["family"] == family and r.get("test")]
+    if not tests:
+        return None
+    y = np.concatenate([np.asarray(t["y_true"], dtype=float).reshape(len(t["y_true"]), -1)[:, 0]
+                        for t in tests])
+    p = np.concatenate([np.asarray(t["y_pred"], dtype=float).reshape(len(t["y_pred"]), -1)[:, 0]
+                        for t in tests])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
+    a1.scatter(y, p, s=5, alpha=0.5)
+    lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
+    a1.plot([lo, hi], [lo, hi], "k--", lw=1)
+    a1.set_xlabel("actual")
+    a1.set_ylabel("predicted")
+    a1.set_title(f"{family}: pooled test parts", fontsize=9)
+    for t in tests[:40]:
+        yt = np.asarray(t["y_true"], dtype=float).reshape(len(t["y_true"]), -1)[:, 0]
+        pt = np.asarray(t["y_pred"], dtype=float).reshape(len(t["y_pred"]), -1)[:, 0]
+        a2.plot(range(len(yt)), pt - yt, lw=0.6, alpha=0.6)
+    a2.axhline(0, color="k", lw=1)
+    a2.set_xlabel("test day")
+    a2.set_ylabel("residual")
+    a2.set_title("residuals over time (up to 40 athletes)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def build_report(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write report.md and report.html (+ plots) into ``out_dir``; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = summary["rows"]
+    pooled = pooled_metrics(rows)
+    plots: dict[str, str] = {}
+    for fam in summary.get("families", []):
+        p = _pooled_plot(rows, fam, out_dir / f"pooled-{fam}.png")
+        if p is not None:
+            plots[fam] = p.name
+    md: list[str] = [f"# VeloReady evaluation report — run {summary.get('flow_run_id', '?')}",
+                     "", f"Data: `{summary.get('data')}` (source `{summary.get('source')}`), "
+                     f"as of {summary.get('as_of') or 'latest'}.", ""]
+    md.append("## Counts\n")
+    for fam, counts in summary.get("counts", {}).items():
+        md.append(f"- **{fam}**: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    md.append("\n## Pooled figures\n")
+    for fam, figs in pooled.items():
+        md.append(f"### {fam}\n")
+        md.append("| figure | value |\n|---|---|")
+        md += [f"| {k} | {_fmt(v, 3)} |" for k, v in figs.items()]
+        if fam in plots:
+            md.append(f"\n![{fam} pooled]({plots[fam]})\n")
+    md.append("\n## Per athlete\n")
+    md.append("| athlete | family | status | rmse | mae | r2 | auroc | baselines | reason |")
+    md.append("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        m = r.get("metrics", {})
+        base = ", ".join(f"{k} {_fmt(v)}" for k, v in (r.get("baselines") or {}).items())
+        md.append(f"| {r['athlete_id']} | {r['family']} | {r['status']} | {_fmt(m.get('rmse'))} "
+                  f"| {_fmt(m.get('mae'))} | {_fmt(m.get('r2'))} | {_fmt(m.get('auroc'))} "
+                  f"| {base} | {str(r.get('reason', '')).replace('|', '/')[:200]} |")
+    md.append("\n## Per-athlete plots\n")
+    for r in rows:
+        png = (r.get("artifacts") or {}).get("residual_plot")
+        if png and Path(png).exists():
+            target = out_dir / "plots" / Path(png).name
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(Path(png).read_bytes())
+            md.append(f"**{r['athlete_id']} / {r['family']}** ({r['status']})\n\n"
+                      f"![residuals](plots/{target.name})\n")
+    text = "\n".join(md) + "\n"
+    md_path = out_dir / "report.md"
+    atomic_write_text(md_path, text)
+    html_path = out_dir / "report.html"
+    atomic_write_text(html_path, _markdown_to_html(text))
+    pooled_path = out_dir / "pooled.json"
+    atomic_write_text(pooled_path, json.dumps(pooled, indent=2))
+    return {"markdown": md_path, "html": html_path, "pooled": pooled_path}
+
+
+def _markdown_to_html(text: str) -> str:
+    """A small converter for the subset of Markdown the report uses (no dependency)."""
+    out = ["<!doctype html><html><head><meta charset='utf-8'><title>VeloReady report</title>",
+           "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+           "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
+           "padding:2px 6px}</style></head><body>"]
+    in_table = False
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(set(c) <= {"-"} for c in cells):
+                continue
+            if not in_table:
+                out.append("<table>")
+                in_table = True
+                out.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
+            else:
+                out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.startswith("!["):
+            src = line[line.index("(") + 1 : line.rindex(")")]
+            out.append(f"<p><img src='{html.escape(src)}' alt=''></p>")
+        elif line.startswith("- "):
+            out.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line).replace('**', '')}</p>")
+    if in_table:
+        out.append("</table>")
+    out.append("</body></html>")
+    return "\n".join(out)
