@@ -34,7 +34,7 @@ def validate_data(ingested: pipeline.IngestResult, settings: Settings) -> Any:
     return outcome
 
 
-@task(name="train-family-chunk", cache_policy=NO_CACHE, timeout_seconds=3600,
+@task(name="train-family-chunk", cache_policy=NO_CACHE,
       task_run_name="train-{family}-chunk-{chunk_no}")
 def train_family_chunk(family: str, chunk_no: int, frame: pd.DataFrame, athlete_ids: list[str],
                        settings: Settings,

@@ -13,6 +13,7 @@ from pathlib import Path
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="veloready-tests-"))
 os.environ.setdefault("PREFECT_HOME", str(_SESSION_HOME / "prefect"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["VELOREADY_HOME"] = str(_SESSION_HOME / "home")
 os.environ.pop("VELOREADY_CONFIG", None)

@@ -185,7 +185,12 @@ def summary_rows(
         base = {k: v for k, v in r.baselines.items()}
         if r.family in ("recovery", "zones") and base:
             metrics["baseline_rmse"] = min(v for k, v in base.items() if k.endswith("_rmse"))
-        artifacts = dict(exports.get(key, {}))
+        record = exports.get(key, {})
+        artifacts = {k: v["path"] for k, v in record.get("artifacts", {}).items()}
+        if record.get("shipped"):
+            artifacts["shipped"] = f"{record['shipped']}:{record.get('quantization')}"
+        if record.get("error"):
+            artifacts["export_error"] = record["error"]
         if out is not None:
             artifacts |= out.artifacts
         rows.append({
