@@ -126,21 +126,35 @@ def main(
 @ota_app.command("verify")
 def ota_verify(
     path: Path = typer.Argument(..., help="a manifest or a folder of manifests"),
+    public_key: Path | None = typer.Option(
+        None, "--public-key",
+        help="trusted Ed25519 public key (PEM); default: the configured signing key's "
+             "public half when it exists, else the key embedded in each signature file"),
+    config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
 ) -> None:
     """Check manifest signatures and every model file's checksum; exit 1 on any mismatch."""
-    from veloready_pipeline.export.ota import OTAVerificationError, verify_path
+    from veloready_pipeline.export.ota import (
+        OTAVerificationError,
+        load_public_key,
+        public_key_path,
+        verify_path,
+    )
 
+    if public_key is None:
+        settings = _settings(config)
+        candidate = public_key_path(settings.resolve(settings.paths.signing_key))
+        public_key = candidate if candidate.exists() else None
+    trusted = load_public_key(public_key) if public_key is not None else None
     try:
-        reports = verify_path(path)
+        reports = verify_path(path, trusted)
     except OTAVerificationError as exc:
         typer.secho(f"OTA verification FAILED: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc
-    if not reports:
-        typer.secho(f"no manifests under {path}", fg="red", err=True)
-        raise typer.Exit(1)
+    key_note = f"trusted key {public_key}" if public_key else "embedded keys (integrity only)"
     for rep in reports:
-        typer.echo(f"ok  {rep}")
-    typer.echo(f"{len(reports)} manifest(s) verified")
+        files = ", ".join(f"{f['file']} ({f['size_bytes']} B)" for f in rep.files)
+        typer.echo(f"ok  {rep.manifest}: {files}")
+    typer.echo(f"{len(reports)} manifest(s) verified with {key_note}")
 
 
 @app.command()

@@ -1,0 +1,121 @@
+"""The weekly training flow end to end: Prefect (test harness), MLflow, GX, Core ML, OTA.
+
+Tiny data (easy-profile synthetic athletes, few trials) so it stays quick; the real
+parts all run: a Prefect API, an MLflow SQLite registry, the GX suite, Core ML and
+ONNX export and signed manifests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+from typer.testing import CliRunner
+
+from veloready_pipeline.cli import app
+from veloready_pipeline.config import load_settings
+from veloready_pipeline.registry import CHAMPION, registered_name
+from veloready_pipeline.simulate import simulate_athletes
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="module")
+def corrupted_data(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    sim = simulate_athletes(n_athletes=5, days=130, seed=3, profile="easy")
+    df = sim.frame.copy()
+    df["date"] = df["date"].dt.strftime("%Y-%m-%d")
+    df = df.astype({"hrv_ms": "object"})
+    # sim-0002: impossible HRV; sim-0003: duplicated date; sim-0004: a bad type.
+    df.loc[df.index[df["athlete_id"] == "sim-0002"][10], "hrv_ms"] = 900.0
+    dup = df[df["athlete_id"] == "sim-0003"].iloc[[5]]
+    df = pd.concat([df, dup], ignore_index=True)
+    df.loc[df.index[df["athlete_id"] == "sim-0004"][7], "hrv_ms"] = "sixty"
+    # sim-0005: too little history for a personal model.
+    short = df["athlete_id"].eq("sim-0005") & (pd.to_datetime(df["date"]) > "2026-03-01")
+    df = df[~short]
+    path = tmp_path_factory.mktemp("data") / "athletes.csv"
+    df.to_csv(path, index=False)
+    return path, df
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("home")
+
+
+def _train(home: Path, data: Path, summary: Path) -> dict:
+    runner = CliRunner()
+    env = {"VELOREADY_HOME": str(home), "VELOREADY_TUNING__N_TRIALS": "3"}
+    result = runner.invoke(app, ["train", "--data", str(data), "--families", "recovery",
+                                 "--summary-json", str(summary)], env=env,
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(summary.read_text())
+
+
+def test_corrupted_athletes_quarantined_others_trained_and_shipped(prefect_api, corrupted_data,
+                                                                    home, monkeypatch):
+    data, _ = corrupted_data
+    summary = _train(home, data, home / "s1.json")
+    status = {r["athlete_id"]: r for r in summary["rows"]}
+    assert {a for a, r in status.items() if r["status"] == "quarantined"} == {
+        "sim-0002", "sim-0003", "sim-0004"}
+    assert "hrv_ms" in status["sim-0002"]["reason"]
+    assert status["sim-0005"]["status"] == "skipped"
+    assert "too little history" in status["sim-0005"]["reason"]
+    assert status["sim-0001"]["status"] == "registered", status["sim-0001"]["reason"]
+    m = status["sim-0001"]["metrics"]
+    assert m["rmse"] < m["baseline_rmse"]
+    reports = Path(summary["quarantine_dir"])
+    text = (reports / "sim-0002.md").read_text()
+    assert "hrv_ms" in text and "900" in text
+    for aid in ("sim-0003", "sim-0004"):
+        assert (reports / f"{aid}.md").exists()
+
+    art = status["sim-0001"]["artifacts"]
+    assert Path(art["coreml"]).exists() and Path(art["onnx"]).exists()
+    manifest = Path(art["ota_manifest"])
+    monkeypatch.setenv("VELOREADY_HOME", str(home))
+    ok = CliRunner().invoke(app, ["ota", "verify", str(manifest.parent.parent)])
+    assert ok.exit_code == 0, ok.output
+    assert "trusted key" in ok.output
+
+    # Flip one byte of a shipped model file: verification must fail loudly.
+    shipped = json.loads(manifest.read_text())["models"][0]["file"]
+    model_file = manifest.parent.parent / shipped
+    blob = bytearray(model_file.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    model_file.write_bytes(bytes(blob))
+    bad = CliRunner().invoke(app, ["ota", "verify", str(manifest)])
+    assert bad.exit_code == 1
+    assert "FAILED" in bad.output and Path(shipped).name in bad.output
+    blob[len(blob) // 2] ^= 0x01
+    model_file.write_bytes(bytes(blob))
+
+
+def test_rerun_registers_no_duplicate_champion(prefect_api, corrupted_data, home):
+    data, _ = corrupted_data
+    settings = load_settings()
+    first = json.loads((home / "s1.json").read_text())
+    again = _train(home, data, home / "s2.json")
+    assert again["counts"] == first["counts"]
+    client = MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    for row in again["rows"]:
+        if row["status"] != "registered":
+            continue
+        name = registered_name(settings, "recovery", row["athlete_id"])
+        versions = client.search_model_versions(f"name = '{name}'")
+        assert len(versions) == 1
+        assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
+        assert "already registered" in row["reason"]
