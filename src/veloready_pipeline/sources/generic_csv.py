@@ -1,0 +1,653 @@
+"""Any daily CSV export, described by a YAML mapping file.
+
+Apps export daily data in their own columns, units, date formats and time zones. A
+mapping file says how to read one such export into the canonical table
+(`veloready_pipeline.schema`), so a new export needs a YAML file, not code.
+
+Mapping format (every key is checked; a wrong key or value fails with the key's name)::
+
+    # Which files. Relative to the mapping file. The source path (``--data``) wins
+    # when given: a file, a folder (then the *file name part* of this pattern, or
+    # ``*.csv``, is used inside it) or a glob.
+    files: "exports/*_daily.csv"
+    encoding: utf-8        # optional; default detects UTF-8 (BOM or not), UTF-16, cp1252
+    delimiter: ";"         # optional; default sniffs , ; or tab from the header line
+
+    # Who: exactly one of column / constant / from_filename.
+    athlete:
+      column: rider_id                 # one file for all athletes
+      # constant: "rider-7"            # one file, one athlete
+      # from_filename: "^(?P<athlete>[^_]+)_daily$"   # regex on the file stem, or
+      # from_filename: true                           # the whole file stem
+
+    # When: the column, its format and time zones. The canonical `date` is the
+    # athlete's *local calendar day*.
+    date:
+      column: timestamp
+      format: "%d/%m/%Y %H:%M"   # optional strptime format; default ISO 8601
+      dayfirst: false            # only without `format`: 01/02 means 1 February
+      timezone: Europe/Oslo      # the athlete's zone: zoned timestamps are converted to it
+      source_timezone: UTC       # zone of *naive* timestamps (default: already local)
+
+    # What: canonical column -> how to compute it. A bare string is just a column.
+    fields:
+      hrv_ms: rmssd
+      resting_hr: {column: rhr}
+      sleep_hours: {column: sleep_seconds, convert: seconds_to_hours}
+      recovery_score: {column: readiness, scale: [0, 10]}   # linear [a, b] -> [0, 100]
+      soreness: {column: soreness, scale: [5, 1]}           # a > b flips: 5 -> 0, 1 -> 100
+      tss: {column: work_kj, convert: kj_to_tss, ftp_column: ftp, ftp_w: 250}
+      alcohol: {column: drank, values: {"yes": 1, "no": 0}}
+      injury: {column: injury_level, convert: nonzero_to_flag}
+      planned_tss: {column: plan, multiply: 1.0, offset: 0.0}
+
+    # Several rows on one local day (e.g. one row per workout): false (default) keeps
+    # the last row and reports the others; true combines them per field (`aggregate:`
+    # sum for tss/planned_tss/session_load, max for flags and power, mean otherwise).
+    combine_same_day: false
+
+Per field, in this order: ``values`` (text -> number), parse the number (a decimal
+comma is accepted), ``convert``, ``scale``, ``multiply``, ``offset``. Conversions:
+
+- ``seconds_to_hours``, ``minutes_to_hours``: durations to hours.
+- ``duration_to_hours``: text durations ``7:30``, ``7:30:00``, ``7h30m``, ``7h 30min``.
+- ``fraction_to_percent``: 0-1 to 0-100.
+- ``kj_to_tss``: mechanical work to TSS, with the FTP from ``ftp_column`` (per row;
+  ``ftp_w`` is the fallback for empty cells) or ``ftp_w``. ``TSS = 100 * hours * IF^2`` and
+  ``kJ = P * hours * 3.6`` give ``TSS = kJ * IF * 100 / (3.6 * FTP)``. The intensity
+  factor of each ride is unknown from kJ alone, so a typical ``intensity_factor``
+  (default 0.75, an endurance ride) is assumed, so this is an *estimate* (a ride at
+  IF 0.6 or 0.9 is off by 20 %). For FTP 200-300 W it comes to roughly kJ / 10 to
+  kJ / 14; kJ is not "TSS-ish" by itself. Use ``multiply`` for a factor of your own.
+- ``nonzero_to_flag``: any non-zero number -> 1, zero -> 0 (injury, alcohol).
+
+Values are never clipped: out-of-range results go to validation, which names them.
+Rows this source cannot use (no date, unparseable date, no athlete) are reported with
+file and line and left out; a value that is not a number is reported and left empty.
+Those are errors (`ParseIssue`). Problems the source settles itself are warnings
+(`ResolvedIssue`): a row superseded by a later one on the same day, a file without a
+mapped column (that field is empty for the file, like a missing sensor).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from veloready_pipeline.schema import COLUMNS_BY_NAME
+from veloready_pipeline.sources.base import ParseIssue, SourceResult
+from veloready_pipeline.sources.common import (
+    ResolvedIssue,
+    finish_frame,
+    is_missing,
+    join_notes,
+    missing_sensor_notes,
+    parse_number,
+    read_csv_table,
+    with_athlete,
+)
+
+Convert = Literal[
+    "seconds_to_hours",
+    "minutes_to_hours",
+    "duration_to_hours",
+    "fraction_to_percent",
+    "kj_to_tss",
+    "nonzero_to_flag",
+]
+Aggregate = Literal["mean", "sum", "max", "min", "first", "last"]
+
+#: Canonical fields a mapping may fill (identity and date have their own sections).
+MAPPABLE_FIELDS: tuple[str, ...] = tuple(
+    name for name in COLUMNS_BY_NAME if name not in ("athlete_id", "date")
+)
+TEXT_FIELDS: frozenset[str] = frozenset(
+    name for name, col in COLUMNS_BY_NAME.items() if col.dtype == "string"
+) - {"athlete_id"}
+_SUM_FIELDS = frozenset({"tss", "planned_tss", "session_load", "time_available_min"})
+_MAX_FIELDS = frozenset({"injury", "alcohol", "illness_confidence", "ftp_test_w"})
+
+_DURATION = re.compile(
+    r"^\s*(?:(?P<h>\d+(?:[.,]\d+)?)\s*h(?:ours?|rs?)?)?\s*"
+    r"(?:(?P<m>\d+(?:[.,]\d+)?)\s*m(?:in(?:utes?)?)?)?\s*"
+    r"(?:(?P<s>\d+(?:[.,]\d+)?)\s*s(?:ec(?:onds?)?)?)?\s*$",
+    re.IGNORECASE,
+)
+
+
+class AthleteSpec(BaseModel):
+    """Where the athlete id comes from: a column, a constant or the file name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    column: str | None = None
+    constant: str | None = None
+    from_filename: bool | str | None = Field(
+        default=None, description="true: the file stem; a regex: its 'athlete' group or group 1"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> AthleteSpec:
+        given = [
+            k for k in ("column", "constant", "from_filename")
+            if getattr(self, k) not in (None, False)
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "athlete: give exactly one of column, constant, from_filename "
+                f"(got {', '.join(given) or 'none'})"
+            )
+        if isinstance(self.from_filename, str):
+            try:
+                re.compile(self.from_filename)
+            except re.error as exc:
+                raise ValueError(f"athlete.from_filename is not a valid regex: {exc}") from exc
+        return self
+
+
+class DateSpec(BaseModel):
+    """The date column, its format and the time zones that make it a local day."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    column: str
+    format: str | None = None
+    dayfirst: bool = False
+    timezone: str | None = None
+    source_timezone: str | None = None
+
+    @field_validator("timezone", "source_timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                pd.Timestamp("2020-01-01").tz_localize(value)
+            except Exception as exc:  # pytz/zoneinfo raise different types
+                raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _source_needs_target(self) -> DateSpec:
+        if self.source_timezone and not self.timezone:
+            raise ValueError("date.source_timezone needs date.timezone (the athlete's zone)")
+        return self
+
+
+class FieldSpec(BaseModel):
+    """How one canonical column is computed from one source column."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    column: str
+    values: dict[str, float] | None = None
+    convert: Convert | None = None
+    scale: tuple[float, float] | None = None
+    multiply: float = 1.0
+    offset: float = 0.0
+    ftp_w: float | None = Field(default=None, gt=0, le=1000)
+    ftp_column: str | None = None
+    intensity_factor: float = Field(default=0.75, gt=0, le=1.5)
+    aggregate: Aggregate | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FieldSpec:
+        if self.convert == "kj_to_tss" and self.ftp_w is None and self.ftp_column is None:
+            raise ValueError("convert kj_to_tss needs ftp_w (the FTP in W) or ftp_column "
+                             "(a column holding each row's FTP)")
+        if self.scale is not None and self.scale[0] == self.scale[1]:
+            raise ValueError(f"scale {list(self.scale)} has equal ends")
+        return self
+
+
+class GenericMapping(BaseModel):
+    """A whole mapping file (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: str | None = None
+    encoding: str | None = None
+    delimiter: str | None = Field(default=None, min_length=1, max_length=1)
+    athlete: AthleteSpec
+    date: DateSpec
+    fields: dict[str, FieldSpec]
+    combine_same_day: bool = False
+
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: ({"column": v} if isinstance(v, str) else v) for k, v in value.items()}
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _canonical_names(cls, value: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
+        unknown = sorted(set(value) - set(MAPPABLE_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"unknown canonical field(s) {', '.join(unknown)}; "
+                f"known: {', '.join(MAPPABLE_FIELDS)}"
+            )
+        if not value:
+            raise ValueError("fields: map at least one canonical field")
+        return value
+
+
+def load_mapping(source: str | Path | dict[str, Any] | GenericMapping) -> GenericMapping:
+    """Read and validate a mapping (YAML path, dict or model).
+
+    Raises:
+        ValueError: naming the mapping file and the offending key.
+        FileNotFoundError: when the mapping file does not exist.
+    """
+    if isinstance(source, GenericMapping):
+        return source
+    where = "mapping"
+    if isinstance(source, (str, Path)):
+        where = str(source)
+        data = yaml.safe_load(Path(source).read_text(encoding="utf-8-sig"))
+    else:
+        data = source
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: a mapping file must hold a YAML mapping at the top level")
+    try:
+        return GenericMapping.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ValueError(f"{where}: invalid mapping: {problems}") from exc
+
+
+# --------------------------------------------------------------------------- values
+
+
+def parse_duration_hours(value: str) -> float:
+    """Hours from ``7:30``, ``7:30:15``, ``7h30m``, ``450 min`` or a plain number of hours."""
+    text = value.strip()
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"{value!r} is not a duration like 7:30 or 7:30:00")
+        nums = [int(p) for p in parts] + [0]
+        return nums[0] + nums[1] / 60 + nums[2] / 3600
+    match = _DURATION.match(text)
+    if match and any(match.group(g) for g in ("h", "m", "s")):
+        h, m, s = (float((match.group(g) or "0").replace(",", ".")) for g in ("h", "m", "s"))
+        return h + m / 60 + s / 3600
+    return parse_number(text)
+
+
+def apply_field(raw: object, spec: FieldSpec, row: dict[str, object] | None = None) -> float:
+    """The canonical value of one cell; raises ValueError saying what is wrong.
+
+    Missing cells give NaN. The steps run in the documented order. ``row`` supplies
+    other cells of the same row (the FTP for ``kj_to_tss`` with ``ftp_column``).
+    """
+    if is_missing(raw):
+        return math.nan
+    if spec.values is not None:
+        key = str(raw).strip()
+        lookup = {str(k).strip().lower(): v for k, v in spec.values.items()}
+        if key.lower() in lookup:
+            raw = lookup[key.lower()]
+        elif not _looks_numeric(key):
+            raise ValueError(f"{raw!r} is not one of {sorted(spec.values)}")
+    if spec.convert == "duration_to_hours" and isinstance(raw, str):
+        x = parse_duration_hours(raw)
+    else:
+        x = parse_number(raw)
+    if math.isnan(x):
+        return x
+    if spec.convert == "seconds_to_hours":
+        x = x / 3600.0
+    elif spec.convert == "minutes_to_hours":
+        x = x / 60.0
+    elif spec.convert == "fraction_to_percent":
+        x = x * 100.0
+    elif spec.convert == "kj_to_tss":
+        ftp = spec.ftp_w
+        if spec.ftp_column is not None:
+            cell = (row or {}).get(spec.ftp_column)
+            row_ftp = math.nan if is_missing(cell) else parse_number(cell)
+            if not math.isnan(row_ftp):
+                ftp = row_ftp
+        if ftp is None or not ftp > 0:
+            raise ValueError(f"no FTP for kj_to_tss (column {spec.ftp_column!r} is empty "
+                             "and no ftp_w fallback)")
+        x = x * spec.intensity_factor * 100.0 / (3.6 * ftp)
+    elif spec.convert == "nonzero_to_flag":
+        x = 0.0 if x == 0 else 1.0
+    if spec.scale is not None:
+        a, b = spec.scale
+        x = (x - a) / (b - a) * 100.0
+    return x * spec.multiply + spec.offset
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        parse_number(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_local_date(raw: object, spec: DateSpec) -> pd.Timestamp:
+    """The athlete's local calendar day (midnight, naive) of one date cell.
+
+    Zoned timestamps are converted to ``spec.timezone`` (or, without one, kept at the
+    wall-clock time they were written in); naive timestamps are taken as local unless
+    ``spec.source_timezone`` says in which zone they were written.
+
+    Raises:
+        ValueError: if the cell is empty or not a date in the expected format.
+    """
+    if is_missing(raw):
+        raise ValueError("date is empty")
+    if isinstance(raw, datetime):
+        ts = pd.Timestamp(raw)
+    elif isinstance(raw, date):
+        return pd.Timestamp(raw)
+    else:
+        text = str(raw).strip()
+        if spec.format:
+            try:
+                ts = pd.Timestamp(datetime.strptime(text, spec.format))
+            except ValueError as exc:
+                raise ValueError(f"{text!r} does not match format {spec.format!r}") from exc
+        else:
+            try:
+                ts = pd.to_datetime(text, dayfirst=spec.dayfirst)
+            except (ValueError, OverflowError) as exc:
+                raise ValueError(f"{text!r} is not a date") from exc
+            if ts is pd.NaT:
+                raise ValueError(f"{text!r} is not a date")
+    if ts.tzinfo is None:
+        if spec.source_timezone and spec.timezone:
+            ts = ts.tz_localize(
+                spec.source_timezone, ambiguous=True, nonexistent="shift_forward"
+            ).tz_convert(spec.timezone)
+    elif spec.timezone:
+        ts = ts.tz_convert(spec.timezone)
+    if ts.tzinfo is not None:
+        ts = ts.tz_localize(None)
+    return ts.normalize()
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass
+class RawRow:
+    """One source row before mapping: where it came from and its cells."""
+
+    file: str
+    line: int | None
+    values: dict[str, object]
+    athlete_hint: str | None = None  # athlete id known from outside the row (file name)
+
+
+@dataclass
+class MappedRows:
+    """Rows mapped to canonical records, plus what went wrong on the way."""
+
+    records: list[dict[str, object]] = field(default_factory=list)
+    issues: list[ParseIssue] = field(default_factory=list)
+
+
+def athlete_from_filename(path: Path, spec: AthleteSpec) -> str | None:
+    """The athlete id a file name gives (None when a regex does not match)."""
+    stem = path.stem
+    if spec.from_filename is True:
+        return stem
+    assert isinstance(spec.from_filename, str)
+    match = re.search(spec.from_filename, stem)
+    if not match:
+        return None
+    if "athlete" in match.groupdict():
+        return match.group("athlete")
+    return match.group(1) if match.groups() else match.group(0)
+
+
+def map_rows(rows: Iterable[RawRow], mapping: GenericMapping) -> MappedRows:
+    """Apply the athlete, date and field rules to raw rows.
+
+    Rows without a usable athlete or date are reported and left out (there is no day
+    to put them on); bad values are reported and left empty.
+    """
+    out = MappedRows()
+    date_cache: dict[object, pd.Timestamp | ValueError] = {}
+    for row in rows:
+        if mapping.athlete.column is not None:
+            athlete_raw = row.values.get(mapping.athlete.column)
+            athlete = None if is_missing(athlete_raw) else str(athlete_raw).strip()
+        elif mapping.athlete.constant is not None:
+            athlete = mapping.athlete.constant
+        else:
+            athlete = row.athlete_hint
+        if not athlete:
+            out.issues.append(ParseIssue(None, row.file, row.line, mapping.athlete.column,
+                                         "no athlete id; row skipped"))
+            continue
+        raw_date = row.values.get(mapping.date.column)
+        key = raw_date if isinstance(raw_date, (str, int, float)) else repr(raw_date)
+        parsed = date_cache.get(key)
+        if parsed is None:
+            try:
+                parsed = parse_local_date(raw_date, mapping.date)
+            except ValueError as exc:
+                parsed = exc
+            date_cache[key] = parsed
+        if isinstance(parsed, ValueError):
+            out.issues.append(ParseIssue(athlete, row.file, row.line, mapping.date.column,
+                                         f"{parsed}; row skipped"))
+            continue
+        record: dict[str, object] = {"athlete_id": athlete, "date": parsed,
+                                     "_file": row.file, "_line": row.line}
+        for name, spec in mapping.fields.items():
+            if spec.column not in row.values:
+                continue
+            raw = row.values[spec.column]
+            if name in TEXT_FIELDS:
+                record[name] = None if is_missing(raw) else str(raw).strip()
+                continue
+            try:
+                record[name] = apply_field(raw, spec, row.values)
+            except (ValueError, TypeError) as exc:
+                record[name] = math.nan
+                out.issues.append(ParseIssue(
+                    athlete, row.file, row.line, spec.column,
+                    f"value {raw!r} for {name} is not usable: {exc}; left empty",
+                ))
+        out.records.append(record)
+    return out
+
+
+def collapse_days(
+    records: list[dict[str, object]], mapping: GenericMapping
+) -> tuple[list[dict[str, object]], list[ParseIssue]]:
+    """One record per athlete and local day.
+
+    With ``combine_same_day`` every row contributes through its field's aggregate;
+    otherwise the last row of the day wins and each earlier one is reported.
+    """
+    groups: dict[tuple[str, pd.Timestamp], list[dict[str, object]]] = {}
+    for rec in records:
+        groups.setdefault((str(rec["athlete_id"]), rec["date"]), []).append(rec)
+    out: list[dict[str, object]] = []
+    issues: list[ParseIssue] = []
+    for (athlete, day), group in groups.items():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        if not mapping.combine_same_day:
+            kept = group[-1]
+            for rec in group[:-1]:
+                issues.append(ResolvedIssue(
+                    athlete, str(rec["_file"]), rec["_line"], mapping.date.column,  # type: ignore[arg-type]
+                    f"another row for {day.date()} follows at {kept['_file']}:{kept['_line']}; "
+                    "this row is superseded (set combine_same_day: true to aggregate)",
+                ))
+            out.append(kept)
+            continue
+        merged: dict[str, object] = {"athlete_id": athlete, "date": day,
+                                     "_file": group[0]["_file"], "_line": group[0]["_line"]}
+        for name, spec in mapping.fields.items():
+            values = [r[name] for r in group if name in r and not is_missing(r[name])]
+            merged[name] = _aggregate(name, spec, values)
+        out.append(merged)
+    return out, issues
+
+
+def _aggregate(name: str, spec: FieldSpec, values: list[object]) -> object:
+    if not values:
+        return None
+    how = spec.aggregate or (
+        "last" if name in TEXT_FIELDS
+        else "sum" if name in _SUM_FIELDS
+        else "max" if name in _MAX_FIELDS or name.startswith("best_power_")
+        else "mean"
+    )
+    if how == "first":
+        return values[0]
+    if how == "last":
+        return values[-1]
+    nums = [float(v) for v in values]  # type: ignore[arg-type]
+    if how == "sum":
+        return sum(nums)
+    if how == "max":
+        return max(nums)
+    if how == "min":
+        return min(nums)
+    return sum(nums) / len(nums)
+
+
+# --------------------------------------------------------------------------- source
+
+
+def resolve_files(path: str | Path | None, mapping: GenericMapping,
+                  mapping_dir: Path | None) -> list[Path]:
+    """The CSV files to read (see ``files`` in the module docstring)."""
+    if path is not None:
+        text = str(path)
+        if any(ch in text for ch in "*?["):
+            base = Path(text)
+            anchor = Path(base.anchor) if base.is_absolute() else Path(".")
+            rel = str(base.relative_to(anchor)) if base.is_absolute() else text
+            found = sorted(p for p in anchor.glob(rel) if p.is_file())
+            where = text
+        elif Path(text).is_dir():
+            pattern = Path(mapping.files).name if mapping.files else "*.csv"
+            found = sorted(p for p in Path(text).glob(pattern) if p.is_file())
+            where = f"{text}/{pattern}"
+        else:
+            if not Path(text).exists():
+                raise FileNotFoundError(f"generic_csv: {text} does not exist")
+            return [Path(text)]
+    else:
+        if not mapping.files:
+            raise ValueError("generic_csv: no data path given and the mapping has no 'files'")
+        base_dir = mapping_dir or Path(".")
+        pattern = mapping.files
+        if Path(pattern).is_absolute():
+            anchor = Path(Path(pattern).anchor)
+            found = sorted(p for p in anchor.glob(str(Path(pattern).relative_to(anchor)))
+                           if p.is_file())
+        else:
+            found = sorted(p for p in base_dir.glob(pattern) if p.is_file())
+        where = str(base_dir / pattern)
+    if not found:
+        raise FileNotFoundError(f"generic_csv: no files match {where}")
+    return found
+
+
+class GenericCsvSource:
+    """Daily CSV exports read through a YAML mapping (format in the module docstring).
+
+    Args:
+        mapping: the mapping file (or an already parsed dict / `GenericMapping`).
+        path: a CSV file, folder or glob; default the mapping's ``files``.
+    """
+
+    name = "generic_csv"
+
+    def __init__(self, mapping: str | Path | dict[str, Any] | GenericMapping,
+                 path: str | Path | None = None) -> None:
+        self.mapping_path = Path(mapping) if isinstance(mapping, (str, Path)) else None
+        self.mapping = load_mapping(mapping)
+        self.path = path
+
+    def files(self) -> list[Path]:
+        """The files this source reads."""
+        mapping_dir = self.mapping_path.parent if self.mapping_path else None
+        return resolve_files(self.path, self.mapping, mapping_dir)
+
+    def _rows(self, files: list[Path], issues: list[ParseIssue]) -> Iterator[RawRow]:
+        m = self.mapping
+        seen_columns: set[str] = set()
+        needed = {m.date.column} | ({m.athlete.column} if m.athlete.column else set())
+        for f in files:
+            table = read_csv_table(f, encoding=m.encoding, delimiter=m.delimiter)
+            header = set(table.header)
+            seen_columns |= header
+            hint = None
+            if m.athlete.from_filename not in (None, False):
+                hint = athlete_from_filename(f, m.athlete)
+                if hint is None:
+                    issues.append(ParseIssue(
+                        None, str(f), None, None,
+                        f"file name does not match athlete.from_filename "
+                        f"{m.athlete.from_filename!r}; file skipped",
+                    ))
+                    continue
+            issues.extend(with_athlete(table.issues, hint or m.athlete.constant))
+            absent = sorted(needed - header)
+            if absent:
+                issues.append(ParseIssue(
+                    hint, str(f), 1, absent[0],
+                    f"header lacks column(s) {', '.join(absent)}; file skipped",
+                ))
+                continue
+            for name, spec in m.fields.items():
+                if spec.column not in header:
+                    issues.append(ResolvedIssue(
+                        hint, str(f), 1, spec.column,
+                        f"header lacks column {spec.column!r} mapped to {name}; "
+                        f"{name} is empty for this file",
+                    ))
+            for row in table.rows:
+                yield RawRow(str(f), row.line, dict(row.values), hint)
+        never = sorted({s.column for s in m.fields.values()} - seen_columns)
+        if never and seen_columns:
+            raise ValueError(
+                f"generic_csv: mapped column(s) {', '.join(never)} appear in none of "
+                f"{len(files)} file(s); check the mapping "
+                f"({self.mapping_path or 'inline'}) against the export's header"
+            )
+
+    def load(self) -> SourceResult:
+        files = self.files()
+        issues: list[ParseIssue] = []
+        mapped = map_rows(self._rows(files, issues), self.mapping)
+        issues.extend(mapped.issues)
+        if not mapped.records:
+            raise ValueError(
+                f"generic_csv: no usable rows in {len(files)} file(s) "
+                f"({len(issues)} problem(s); first: "
+                f"{issues[0].message if issues else 'files are empty'})"
+            )
+        records, dup_issues = collapse_days(mapped.records, self.mapping)
+        issues.extend(dup_issues)
+        frame = finish_frame(records)
+        return SourceResult(frame=frame, issues=issues,
+                            notes=join_notes(missing_sensor_notes(frame)))
