@@ -80,3 +80,10 @@ def test_days_since_rest_and_sleep_debt():
     assert f["days_since_rest"].iloc[20] == 0
     assert f["days_since_rest"].iloc[25] == 5
     assert f["sleep_debt_h"].iloc[40] == pytest.approx(7.0)
+
+
+def test_no_training_log_means_unknown_load_not_rest():
+    feats = build_recovery_features(BASE.assign(tss=np.nan, planned_tss=np.nan))
+    for name in ("ctl", "atl", "tsb", "acwr", "days_since_rest"):
+        assert name in feats.dropped
+    assert "training load" in sensor_note(feats)

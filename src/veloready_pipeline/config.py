@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -49,6 +49,11 @@ class PathSettings(BaseModel):
     signing_key: Path = Field(
         default=Path("data/keys/ota_ed25519.pem"),
         description="Ed25519 private key (PEM) for OTA manifests; created on first use",
+    )
+    prediction_store_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the live-monitoring prediction store; "
+        "default sqlite under data/predictions.db",
     )
 
 
@@ -108,6 +113,18 @@ class TuningSettings(BaseModel):
     )
     spaces: dict[str, SearchSpace] = Field(default_factory=_default_spaces)
     warm_start: bool = Field(default=True, description="enqueue last week's best params")
+    zones_max_epochs: int = Field(
+        default=300, ge=5, le=10_000, description="full-batch epochs cap per zone-net trial"
+    )
+    injury_max_epochs: int = Field(
+        default=150, ge=5, le=10_000, description="full-batch epochs cap per injury-LSTM trial"
+    )
+    net_patience: int = Field(
+        default=30, ge=1, le=10_000, description="epochs without validation gain before stop"
+    )
+    net_eval_every: int = Field(
+        default=5, ge=1, le=1000, description="epochs per validation check / pruning report"
+    )
 
 
 class GateThresholds(BaseModel):
@@ -157,6 +174,46 @@ class BriefSettings(BaseModel):
     timeout_s: float = Field(default=20.0, gt=0, le=600)
     budget_usd: float = Field(default=5.0, ge=0)
     use_batch_api: bool = False
+    api_key_block: str | None = Field(
+        default=None, description="Prefect Secret block holding the key (used if the env is unset)"
+    )
+    retry_base_s: float = Field(
+        default=0.5, ge=0, le=60, description="first backoff delay; doubles per retry, jittered"
+    )
+    retry_max_s: float = Field(default=20.0, ge=0, le=600, description="longest backoff delay")
+    chunk_size: int = Field(
+        default=250, ge=1, le=100_000, description="athletes per brief task (a handful of tasks)"
+    )
+    valid_hours: float = Field(default=24.0, gt=0, le=24 * 30, description="stored brief TTL")
+    max_input_age_days: int = Field(
+        default=1, ge=0, le=365, description="newest row may be this many days before the date"
+    )
+    key_suffix: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="extra store-key variant"
+    )
+    usd_per_1m_input_tokens: float | None = Field(
+        default=None, ge=0, description="price override; default from the model price table"
+    )
+    usd_per_1m_output_tokens: float | None = Field(default=None, ge=0)
+    batch_poll_s: float = Field(default=30.0, gt=0, le=3600)
+    batch_timeout_s: float = Field(default=86_400.0, gt=0, le=7 * 86_400)
+    prompt_dir: str | None = Field(
+        default=None,
+        description="folder with system_prompt_<v>.md + few_shot_<v>.yaml (default: packaged)",
+    )
+
+
+class ValidationSettings(BaseModel):
+    """Limits of the Great Expectations validation stage (`veloready_pipeline.validation`)."""
+
+    max_gap_days: int = Field(
+        default=14, ge=0, le=3650,
+        description="most consecutive days without a row before an athlete is quarantined",
+    )
+    max_missing_rates: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict,
+        description="column -> largest allowed share of null values (overrides the schema)",
+    )
 
 
 class ExecutionSettings(BaseModel):
@@ -166,6 +223,39 @@ class ExecutionSettings(BaseModel):
     dask_address: str | None = Field(default=None, description="tcp://host:8786 to use Dask")
     local_workers: int = Field(default=1, ge=1, le=64)
     torch_threads: int = Field(default=1, ge=1, le=64)
+
+
+class RolloutSettings(BaseModel):
+    """Staged OTA rollout of a new champion (see `veloready_pipeline.rollout`)."""
+
+    initial_percent: int = Field(
+        default=10, ge=1, le=100, description="share of an athlete's devices a new champion gets"
+    )
+
+
+class MonitoringSettings(BaseModel):
+    """Live monitoring of champions against the outcomes that arrive after them."""
+
+    window_days: int = Field(default=14, ge=3, le=365, description="rolling window of outcomes")
+    min_outcomes: int = Field(
+        default=7, ge=1, le=365, description="outcomes a window needs before it can flag drift"
+    )
+    mae_ratio: float = Field(
+        default=1.5, gt=1.0, le=10.0, description="drift when live MAE > ratio x test MAE"
+    )
+    persist_days: int = Field(
+        default=3, ge=1, le=365, description="consecutive days a rule must break to flag drift"
+    )
+    drift_action: Literal["none", "retrain", "rollback"] = Field(
+        default="none", description="what a drift flag triggers besides the artifact"
+    )
+    retrain_deployment: str | None = Field(
+        default=None,
+        description="'flow/deployment' to run for retraining; default: a direct subflow call",
+    )
+    max_catch_up_days: int = Field(
+        default=60, ge=1, le=3650, description="most days of missed predictions stored per run"
+    )
 
 
 class Settings(BaseSettings):
@@ -197,7 +287,17 @@ class Settings(BaseSettings):
     export: ExportSettings = Field(default_factory=ExportSettings)
     briefs: BriefSettings = Field(default_factory=BriefSettings)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
     review_mode: Literal["auto", "manual"] = "auto"
+    review_timeout_s: int = Field(
+        default=86_400, ge=10, le=30 * 86_400,
+        description="how long a paused weekly run waits for a reviewer before giving up",
+    )
+    review_poll_s: int = Field(
+        default=10, ge=1, le=600, description="how often a paused run checks for a decision"
+    )
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @field_validator("families")
     @classmethod

@@ -52,6 +52,7 @@ SENSOR_GROUPS: dict[str, tuple[str, ...]] = {
     "sleep_hours": ("sleep_hours", "sleep_debt_h"),
     "resting_hr": ("resting_hr", "rhr_delta", "rhr_delta_pct"),
     "wellness": ("fatigue", "soreness", "stress", "mood"),
+    "training load": ("tss", "ctl", "atl", "tsb", "acwr", "days_since_rest"),
 }
 
 
@@ -118,9 +119,11 @@ def build_recovery_features(
     tss = _col(cal, "tss")
     out["tss"] = tss
     out["planned_tss"] = _col(cal, "planned_tss")
+    has_load = bool(tss.notna().any())
     load = training_load(tss.to_numpy())
     for key, values in load.items():
-        out[key] = values
+        # No training log at all: load is unknown, not zero (features dropped below).
+        out[key] = values if has_load else np.nan
     deficit = (SLEEP_NEED_H - out["sleep_hours"]).clip(lower=0)
     out["sleep_debt_h"] = deficit.rolling(7, min_periods=3).sum()
     rest = (tss.fillna(0.0) < REST_TSS).to_numpy()
@@ -129,7 +132,7 @@ def build_recovery_features(
     for i, is_rest in enumerate(rest):
         count = 0.0 if is_rest else count + 1.0
         since[i] = count
-    out["days_since_rest"] = since
+    out["days_since_rest"] = since if has_load else np.nan
     out["illness_confidence"] = _col(cal, "illness_confidence")
     out["day_of_week"] = cal.index.dayofweek.astype(float)
     out["recovery_trend_3d"] = rec - rec.shift(1).rolling(3, min_periods=2).mean()
