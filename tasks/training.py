@@ -29,7 +29,9 @@ def validate_data(ingested: pipeline.IngestResult, settings: Settings) -> Any:
     """Great Expectations suite; quarantines bad athletes and writes their reports."""
     from veloready_pipeline.validation import validate_frame, write_quarantine_reports
 
-    outcome = validate_frame(ingested.frame, ingested.issues)
+    outcome = validate_frame(ingested.frame, ingested.issues,
+                             max_gap_days=settings.validation.max_gap_days,
+                             max_missing_rates=settings.validation.max_missing_rates or None)
     write_quarantine_reports(outcome, settings.resolve(settings.paths.quarantine_dir))
     return outcome
 
