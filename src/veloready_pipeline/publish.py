@@ -85,6 +85,10 @@ def export_registered(
             continue
         rec |= {"athlete_id": out.athlete_id, "registry_name": out.registered_name,
                 "registry_version": out.version}
+        if out.run_id and rec.get("variants"):
+            from veloready_pipeline.registry import log_export_variants
+
+            log_export_variants(settings, out.run_id, rec)
         atomic_write_text(record_path, json.dumps(rec, indent=2, default=str))
         records[key] = rec
     return records
@@ -135,15 +139,15 @@ def publish_manifests(
     written: dict[str, str] = {}
     ota_dir = settings.resolve(settings.paths.ota_dir)
     key = settings.resolve(settings.paths.signing_key)
-    for athlete_id, fams in sorted(champions.items()):
-        entries: list[dict[str, Any]] = []
-        for family, version in sorted(fams.items()):
-            rec = _champion_record(settings, family, athlete_id, version)
-            if rec is not None:
-                entries.extend(manifest_entries(rec))
+    from veloready_pipeline.rollout import manifest_content
+
+    for athlete_id in sorted(champions):
+        # Every family's champion from the registry, with its staged rollout (percent,
+        # previous version to fall back to) and the app's rule-based fallback in `extra`.
+        entries, extra = manifest_content(settings, athlete_id)
         if not entries:
             continue
         path = write_manifest(ota_dir, athlete_id, entries, key,
-                              minimum_ios=settings.export.minimum_ios)
+                              minimum_ios=settings.export.minimum_ios, extra=extra)
         written[athlete_id] = str(path)
     return written

@@ -54,6 +54,8 @@ class RegistryOutcome:
     champion_version: str | None = None
     decision: str = ""
     reused: bool = False
+    previous_champion: str | None = None
+    review_decision: str = ""
     artifacts: dict[str, str] = field(default_factory=dict)
 
 
@@ -141,7 +143,8 @@ def _log_model(result: ModelResult) -> str:
         if result.model_kind == "xgboost":
             info = mlflow.xgboost.log_model(result.model, name="model", pip_requirements=reqs)
         else:
-            info = mlflow.pytorch.log_model(result.model, name="model", pip_requirements=reqs)
+            info = mlflow.pytorch.log_model(result.model, name="model", pip_requirements=reqs,
+                                            serialization_format="pickle")
     return str(info.model_uri)
 
 
@@ -188,6 +191,13 @@ def register_results(
             if result.passed:
                 out.registered_name = name
                 out.version = _existing_version(client, name, fp)
+                if out.version is None:
+                    # The run was logged but registration was interrupted (a crash
+                    # between the two): finish it in the same run.
+                    with mlflow.start_run(run_id=out.run_id):
+                        _register_version(client, result, out, name, fp, settings, score_fn)
+                    outcomes.append(out)
+                    continue
                 out.champion_version = _alias_version(client, name, CHAMPION)
                 out.champion = out.version is not None and out.version == out.champion_version
                 out.decision = "same work already registered; nothing changed"
@@ -230,20 +240,40 @@ def register_results(
                 client.log_artifact(run.info.run_id, str(png))
                 out.artifacts["residual_plot"] = str(png)
             if result.passed:
-                model_uri = _log_model(result)
-                mv = mlflow.register_model(
-                    model_uri, name,
-                    tags={"fingerprint": fp, "gate_verdict": verdict.reason() if verdict else "",
-                          "run_id": run.info.run_id, **_flat("metric.", {
-                              k: f"{v:.4f}" for k, v in result.metrics.items()})},
-                )
-                out.registered_name = name
-                out.version = str(mv.version)
-                _decide_champion(client, result, out, score_fn)
+                _register_version(client, result, out, name, fp, settings, score_fn)
             else:
                 out.decision = "gate failed: " + (verdict.reason() if verdict else result.reason)
         outcomes.append(out)
     return outcomes
+
+
+def _register_version(
+    client: MlflowClient,
+    result: ModelResult,
+    out: RegistryOutcome,
+    name: str,
+    fp: str,
+    settings: Settings,
+    score_fn: Callable[[ModelResult, Any], float],
+) -> None:
+    """Log the model in the active run, register it, alias it and decide the champion."""
+    verdict = result.verdict
+    model_uri = _log_model(result)
+    mv = mlflow.register_model(
+        model_uri, name,
+        tags={"fingerprint": fp, "gate_verdict": verdict.reason() if verdict else "",
+              "run_id": str(out.run_id), **_flat("metric.", {
+                  k: f"{v:.4f}" for k, v in result.metrics.items()})},
+    )
+    out.registered_name = name
+    out.version = str(mv.version)
+    client.set_registered_model_alias(name, CHALLENGER, out.version)
+    auto = settings.review_mode == "auto"
+    _decide_champion(client, result, out, score_fn, move=auto)
+    if auto:
+        from veloready_pipeline.review import record_auto_decision
+
+        record_auto_decision(client, out, settings)
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
@@ -258,12 +288,24 @@ def _decide_champion(
     result: ModelResult,
     out: RegistryOutcome,
     score_fn: Callable[[ModelResult, Any], float],
+    move: bool = True,
 ) -> None:
+    """Compare the new version with the champion on the same test data.
+
+    With ``move`` False (manual review) the comparison is only recorded as a
+    recommendation: the reviewer decides and `veloready_pipeline.review` moves the alias.
+    """
     assert out.registered_name and out.version
     name, version = out.registered_name, out.version
     current = _alias_version(client, name, CHAMPION)
+    out.previous_champion = current
     new_loss = score_fn(result, result.model)
-    if current is None:
+    if not move:
+        out.champion, out.champion_version = False, current
+        out.review_decision = "pending"
+    if current is None and not move:
+        out.decision = f"pending review: first passing version (loss {new_loss:.4f})"
+    elif current is None:
         client.set_registered_model_alias(name, CHAMPION, version)
         out.champion, out.champion_version = True, version
         out.decision = f"first passing version: champion (loss {new_loss:.4f})"
@@ -277,7 +319,12 @@ def _decide_champion(
             old_loss, comparable = float("inf"), False
             out.decision = f"champion v{current} could not be re-scored ({exc}); "
             mv = None
-        if new_loss < old_loss:
+        if not move:
+            verb = "beats" if new_loss < old_loss else "does not beat"
+            cmp = "<" if new_loss < old_loss else ">="
+            out.decision = (f"pending review: {out.decision}{verb} champion v{current} on the "
+                            f"same test data ({new_loss:.4f} {cmp} {old_loss:.4f})")
+        elif new_loss < old_loss:
             client.set_registered_model_alias(name, CHAMPION, version)
             out.champion, out.champion_version = True, version
             out.decision += (f"beats champion v{current} on the same test data "
@@ -301,3 +348,22 @@ def log_report(settings: Settings, folder: Path, flow_run_id: str) -> str:
                                 "prefect_flow_run_id": flow_run_id}) as run:
         mlflow.log_artifacts(str(folder), artifact_path="report")
         return str(run.info.run_id)
+
+
+def log_export_variants(settings: Settings, run_id: str, record: dict[str, Any]) -> None:
+    """Record each exported variant's size and gate-metric change on the model's run."""
+    client = configure_mlflow(settings)
+    metrics = []
+    for variant, info in record["variants"].items():
+        metrics.append(Metric(f"export_{variant}_size_bytes", float(info["size_bytes"]), 0, 0))
+        metrics.append(Metric(f"export_{variant}_size_ratio", float(info["size_ratio"]), 0, 0))
+        metrics.append(Metric(f"export_{variant}_metric_change", float(info["metric_change"]),
+                              0, 0))
+        for k, v in info["metrics"].items():
+            if v is not None and np.isfinite(v):
+                metrics.append(Metric(f"export_{variant}_{k}", float(v), 0, 0))
+    client.log_batch(run_id, metrics=metrics, tags=[
+        RunTag("shipped_variant", str(record["shipped"])),
+        RunTag("export_variants", json.dumps({v: {"passed": i["passed"], "verdict": i["verdict"]}
+                                              for v, i in record["variants"].items()})),
+    ])

@@ -1,0 +1,211 @@
+"""The two PyTorch families (zones MLP, injury LSTM) as the weekly flow sees them.
+
+Adapts the batched trainers (`models.zones`, `models.injury`, many athletes' networks
+trained together) to the flow's `ModelResult`, applies the family gates, scores a
+champion on new test rows, and exports a passing network as float32 + quantized Core
+ML variants, shipping the smallest variant whose *quantized weights* still pass.
+
+Injury gate rationale: a personal test part (15 % of ~5 months) holds zero to two
+injury events, so a per-athlete AUROC is mostly undefined. The gate therefore checks
+the athlete's Brier score against their own base rate (calibration, always defined)
+and the AUROC of the risk pooled over the athletes trained together in the batch
+(ranking, >= 0.75 and better than the rule-based warning-sign score on the same rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from veloready_pipeline.config import GateThresholds, Settings
+from veloready_pipeline.gates import Check, GateVerdict, evaluate_gate, regression_metrics
+from veloready_pipeline.results import ModelResult
+
+ZONE_OUTPUT = "zones_w"
+INJURY_OUTPUT = "risk"
+
+
+def _datasets(family: str, frame: pd.DataFrame, athlete_ids: Sequence[str]) -> dict[str, Any]:
+    from veloready_pipeline.features_nets import make_injury_dataset, make_zone_dataset
+
+    make = make_zone_dataset if family == "zones" else make_injury_dataset
+    groups = dict(tuple(frame.groupby("athlete_id", sort=False)))
+    return {aid: make(groups[aid]) for aid in athlete_ids if aid in groups}
+
+
+def _to_result(fr: Any) -> ModelResult:
+    return ModelResult(
+        athlete_id=fr.athlete_id,
+        family=fr.family,
+        status=fr.status,
+        reason=fr.reason,
+        model=fr.model,
+        model_kind="torch",
+        feature_names=list(fr.feature_names),
+        params=dict(fr.params),
+        metrics={k: float(v) for k, v in fr.metrics.items()},
+        baselines={k: float(v) for k, v in fr.baselines.items()},
+        n_rows={"train": fr.n_train, "val": fr.n_val, "test": fr.n_test},
+        data_window=dict(fr.data_window),
+        test_X=fr.test_X,
+        test_y=fr.test_y,
+        test_dates=list(fr.test_dates),
+        test_pred=fr.test_pred,
+        notes=list(fr.notes),
+        extra=dict(fr.extra) | ({"baseline_score": fr.test_baseline}
+                                if fr.test_baseline is not None else {}),
+    )
+
+
+def zone_verdict(metrics: dict[str, float], baselines: dict[str, float],
+                 thresholds: GateThresholds) -> GateVerdict:
+    """Zones: FTP error in watts, and better than "FTP stays at the last test"."""
+    return evaluate_gate("zones", metrics, baselines, thresholds)
+
+
+def injury_verdict(metrics: dict[str, float], baselines: dict[str, float],
+                   pooled: dict[str, float], thresholds: GateThresholds) -> GateVerdict:
+    """Injury: own Brier vs own base rate; pooled AUROC vs threshold and warning score."""
+    verdict = GateVerdict("injury")
+    brier, base = metrics.get("brier", np.nan), baselines.get("base_rate_brier", np.nan)
+    ok = bool(np.isfinite(brier) and np.isfinite(base) and brier < base)
+    verdict.checks.append(Check("beats base_rate_brier", float(brier), float(base), "beats", ok))
+    auc = pooled.get("pooled_auroc", np.nan)
+    if thresholds.auroc_min is not None:
+        verdict.checks.append(Check("pooled auroc", float(auc), thresholds.auroc_min, ">=",
+                                    bool(np.isfinite(auc) and auc >= thresholds.auroc_min)))
+    if thresholds.must_beat_baselines:
+        ws = pooled.get("pooled_warning_score_auroc", np.nan)
+        verdict.checks.append(Check("beats pooled warning_score_auroc", -float(auc), -float(ws),
+                                    "beats", bool(np.isfinite(auc) and np.isfinite(ws)
+                                                  and auc > ws)))
+    return verdict
+
+
+def train_net_chunk(family: str, frame: pd.DataFrame, athlete_ids: list[str],
+                    settings: Settings) -> list[ModelResult]:
+    """Train a chunk of athletes' networks together and gate each one."""
+    datasets = _datasets(family, frame, athlete_ids)
+    missing = [aid for aid in athlete_ids if aid not in datasets]
+    if family == "zones":
+        from veloready_pipeline.models.zones import train_zone_models
+
+        trained = train_zone_models(datasets, settings)
+        pooled: dict[str, float] = {}
+    else:
+        from veloready_pipeline.models.injury import pooled_injury_metrics, train_injury_models
+
+        trained = train_injury_models(datasets, settings)
+        pooled = pooled_injury_metrics(trained.values())
+    results: list[ModelResult] = []
+    thresholds = settings.gates[family]
+    for aid in athlete_ids:
+        if aid in missing:
+            results.append(ModelResult(aid, family, "skipped", reason="no rows after as-of cut"))
+            continue
+        r = _to_result(trained[aid])
+        if r.status == "trained":
+            if family == "zones":
+                r.verdict = zone_verdict(r.metrics, r.baselines, thresholds)
+            else:
+                r.verdict = injury_verdict(r.metrics, r.baselines, pooled, thresholds)
+                r.metrics |= {k: v for k, v in pooled.items() if k == "pooled_auroc"}
+                r.baselines |= {k: v for k, v in pooled.items()
+                                if k == "pooled_warning_score_auroc"}
+            r.reason = r.verdict.reason()
+        results.append(r)
+    return results
+
+
+def net_metrics(result: ModelResult, model: Any) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics of ``model`` on ``result``'s test rows (zones: FTP watts; injury: Brier)."""
+    X, y = result.test_X, np.asarray(result.test_y)
+    if result.family == "zones":
+        from veloready_pipeline.models.zones import predict_zones
+
+        pred = predict_zones(model, X)
+        return regression_metrics(y[:, 0], pred[:, 0]), pred
+    from veloready_pipeline.models.injury import brier, predict_risk, safe_auroc
+
+    risk = predict_risk(model, X)
+    return {"brier": brier(y, risk / 100.0), "auroc": safe_auroc(y, risk)}, risk
+
+
+def score_net(result: ModelResult, model: Any) -> float:
+    """Loss used for champion comparison: FTP RMSE (zones) or Brier score (injury)."""
+    metrics, _ = net_metrics(result, model)
+    return metrics["rmse"] if result.family == "zones" else metrics["brier"]
+
+
+def _verdict_for(result: ModelResult, metrics: dict[str, float],
+                 settings: Settings) -> GateVerdict:
+    thresholds = settings.gates[result.family]
+    if result.family == "zones":
+        return zone_verdict(metrics, {k: v for k, v in result.baselines.items()
+                                      if k.startswith("last_test")}, thresholds)
+    pooled = {"pooled_auroc": result.metrics.get("pooled_auroc", np.nan),
+              "pooled_warning_score_auroc": result.baselines.get("pooled_warning_score_auroc",
+                                                                 np.nan)}
+    return injury_verdict(metrics, result.baselines, pooled, thresholds)
+
+
+def export_net(result: ModelResult, folder: Path, name: str, settings: Settings) -> dict[str, Any]:
+    """Export float32 + quantized variants; ship the smallest that still passes its gate.
+
+    Each quantized variant's gate is evaluated with the weights read back from its own
+    Core ML package (dequantized and run in PyTorch), on the same test rows.
+    """
+    import torch
+
+    from veloready_pipeline.export.coreml import export_torch
+    from veloready_pipeline.export.quantize import quantized_copy
+
+    X = np.asarray(result.test_X, dtype=np.float32)
+    example = torch.as_tensor(X[:1])
+    out_name = ZONE_OUTPUT if result.family == "zones" else INJURY_OUTPUT
+    variants = ("float32", *settings.export.quantizations)
+    arts = export_torch(result.model, example, folder, name, "features", [out_name],
+                        variants=variants, sample=torch.as_tensor(X))
+    base_metrics, _ = net_metrics(result, result.model)
+    float_size = arts["float32"].size_bytes
+    report: dict[str, dict[str, Any]] = {}
+    for variant in variants:
+        model = result.model if variant == "float32" else quantized_copy(
+            result.model, variant, arts[variant].path, example=example)
+        metrics, _ = net_metrics(result, model)
+        verdict = _verdict_for(result, metrics, settings)
+        key = "rmse" if result.family == "zones" else "brier"
+        report[variant] = {
+            "size_bytes": arts[variant].size_bytes,
+            "size_ratio": arts[variant].size_bytes / float_size,
+            "metrics": metrics,
+            "metric_change": metrics[key] - base_metrics[key],
+            "passed": verdict.passed,
+            "verdict": verdict.reason(),
+        }
+    passing = [v for v in variants if report[v]["passed"]]
+    if not passing:
+        raise RuntimeError("no exported variant passes the gate: "
+                           + "; ".join(f"{v}: {report[v]['verdict']}" for v in variants))
+    shipped = min(passing, key=lambda v: report[v]["size_bytes"])
+    artifacts = {v: arts[v] for v in variants} | {"onnx": arts["onnx"]}
+
+    def as_dict(a: Any) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        d = asdict(a)
+        d["path"] = str(d["path"])
+        return d
+
+    return {
+        "family": result.family,
+        "shipped": shipped,
+        "quantization": shipped,
+        "artifacts": {k: as_dict(v) for k, v in artifacts.items()},
+        "variants": report,
+        "gate_metrics": report[shipped]["metrics"],
+    }
