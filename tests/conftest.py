@@ -30,3 +30,15 @@ def veloready_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh VELOREADY_HOME for one test: data/, mlflow/ and OTA output go under it."""
     monkeypatch.setenv("VELOREADY_HOME", str(tmp_path))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One Prefect API (temporary database) for every flow test of the session.
+
+    Starting it costs 10-60 s on a busy 2-core machine, so it is shared.
+    """
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

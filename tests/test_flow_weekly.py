@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
 from veloready_pipeline.cli import app
@@ -22,12 +21,6 @@ from veloready_pipeline.registry import CHAMPION, registered_name
 from veloready_pipeline.simulate import simulate_athletes
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -73,7 +73,21 @@ class SimulatorSettings(BaseModel):
     athletes: int = Field(default=20, ge=1, le=100_000)
     days: int = Field(default=180, ge=14, le=3650)
     profile: Literal["realistic", "easy"] = "realistic"
-    start_date: str = "2026-01-01"
+    start_date: str = Field(
+        default="auto",
+        description="first simulated day (YYYY-MM-DD), or 'auto': the history ends today "
+                    "(UTC), so today's briefs have fresh inputs",
+    )
+
+    def resolved_start_date(self, today: str | None = None) -> str:
+        """The first simulated day; 'auto' makes the last simulated day today."""
+        import datetime as dt
+
+        if self.start_date != "auto":
+            dt.date.fromisoformat(self.start_date)
+            return self.start_date
+        end = dt.date.fromisoformat(today) if today else dt.datetime.now(dt.UTC).date()
+        return (end - dt.timedelta(days=self.days - 1)).isoformat()
 
 
 class SearchSpace(BaseModel):
@@ -94,11 +108,15 @@ def _default_spaces() -> dict[str, SearchSpace]:
                 "reg_lambda": [0.1, 10.0],
             }
         ),
+        # Networks: `hidden` is a list of three choices (two numbers would mean a range);
+        # one population network is fitted per choice and shared by every trial. `lr`
+        # and `prior_strength` (L2 pull of each athlete's weights towards the population
+        # network) tune the personal fine-tune. Small widths: ~50-120 rows per rider.
         "zones": SearchSpace(
-            params={"hidden": [16, 64], "lr": [0.001, 0.03], "weight_decay": [1e-6, 1e-3]}
+            params={"hidden": [8, 12, 16], "lr": [0.001, 0.03], "prior_strength": [0.03, 3.0]}
         ),
         "injury": SearchSpace(
-            params={"hidden": [8, 32], "lr": [0.001, 0.03], "weight_decay": [1e-6, 1e-3]}
+            params={"hidden": [8, 12, 16], "lr": [0.001, 0.03], "prior_strength": [0.03, 3.0]}
         ),
     }
 
@@ -124,6 +142,11 @@ class TuningSettings(BaseModel):
     )
     net_eval_every: int = Field(
         default=5, ge=1, le=1000, description="epochs per validation check / pruning report"
+    )
+    net_pick: Literal["batch", "athlete"] = Field(
+        default="batch",
+        description="networks: every athlete uses the trial with the best mean validation "
+        "loss (batch) or its own best trial (athlete; noisier with few validation rows)",
     )
 
 
@@ -245,6 +268,10 @@ class MonitoringSettings(BaseModel):
     )
     persist_days: int = Field(
         default=3, ge=1, le=365, description="consecutive days a rule must break to flag drift"
+    )
+    confidence_z: float = Field(
+        default=1.645, ge=0, le=5,
+        description="standard errors by which a window must break a rule (0: plain compare)",
     )
     drift_action: Literal["none", "retrain", "rollback"] = Field(
         default="none", description="what a drift flag triggers besides the artifact"

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from veloready_pipeline.config import Settings, SourceSettings
 from veloready_pipeline.gates import regression_metrics
@@ -50,14 +51,15 @@ def ensure_synthetic_data(settings: Settings) -> Path:
     path = synthetic_data_path(settings)
     truth = path.parent / "truth.json"
     sim = settings.simulator
+    start = sim.resolved_start_date()
     want = {"n_athletes": sim.athletes, "days": sim.days, "seed": settings.seed,
-            "profile": sim.profile}
+            "profile": sim.profile, "start_date": start}
     if path.exists() and truth.exists():
         have = json.loads(truth.read_text())
         if all(have.get(k) == v for k, v in want.items()):
             return path
     result = simulate_athletes(n_athletes=sim.athletes, days=sim.days, seed=settings.seed,
-                               profile=sim.profile, start_date=sim.start_date)
+                               profile=sim.profile, start_date=start)
     return write_simulation(result, path.parent)
 
 
@@ -104,6 +106,27 @@ def chunk_ids(ids: Sequence[str], size: int) -> list[list[str]]:
     return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
 
+class AthleteRows(BaseModel):
+    """The validated rows handed to the training sub-flow, shown by size, never by value.
+
+    A sub-flow's parameters are sent to the Prefect API as JSON (and refused above
+    512 KB): 100 athletes x 180 days already weigh ~6 MB. This wrapper keeps the frame
+    in memory (tasks still receive their chunk's rows) and serializes as its shape.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    frame: pd.DataFrame = Field(exclude=True, repr=False)
+    n_rows: int = 0
+    n_athletes: int = 0
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> AthleteRows:
+        """Wrap a canonical frame."""
+        n = int(frame["athlete_id"].nunique()) if "athlete_id" in frame else 0
+        return cls(frame=frame, n_rows=len(frame), n_athletes=n)
+
+
 def data_digest(frame: pd.DataFrame) -> str:
     """A digest of the rows (order-independent within the frame's sort)."""
     cols = sorted(c for c in frame.columns if not c.startswith("_"))
@@ -115,14 +138,17 @@ def data_digest(frame: pd.DataFrame) -> str:
 def train_family(family: str, frame: pd.DataFrame, athlete_ids: list[str],
                  settings: Settings,
                  warm_starts: dict[str, dict[str, Any]] | None = None) -> list[ModelResult]:
-    """Train one family for a chunk of athletes."""
-    if family == "recovery":
-        from veloready_pipeline.models.recovery import train_recovery_chunk
+    """Train one family for a chunk of athletes (timed as stage ``train``, see `timing`)."""
+    from veloready_pipeline.timing import time_stage
 
-        return train_recovery_chunk(frame, athlete_ids, settings, warm_starts)
-    from veloready_pipeline.models.nets import train_net_chunk
+    with time_stage("train", family=family, athletes=len(athlete_ids)):
+        if family == "recovery":
+            from veloready_pipeline.models.recovery import train_recovery_chunk
 
-    return train_net_chunk(family, frame, athlete_ids, settings)
+            return train_recovery_chunk(frame, athlete_ids, settings, warm_starts)
+        from veloready_pipeline.models.nets import train_net_chunk
+
+        return train_net_chunk(family, frame, athlete_ids, settings)
 
 
 def score_model(result: ModelResult, model: Any) -> float:
