@@ -112,11 +112,14 @@ def _default_spaces() -> dict[str, SearchSpace]:
         # one population network is fitted per choice and shared by every trial. `lr`
         # and `prior_strength` (L2 pull of each athlete's weights towards the population
         # network) tune the personal fine-tune. Small widths: ~50-120 rows per rider.
+        # Gentle fine-tunes only (strong prior, small steps): a rider has 1-3 injury
+        # events, and the last interpolated FTP labels of training lean on the
+        # validation part's test, so validation would reward over-fitting.
         "zones": SearchSpace(
-            params={"hidden": [8, 12, 16], "lr": [0.001, 0.03], "prior_strength": [0.03, 3.0]}
+            params={"hidden": [8, 12, 16], "lr": [0.0003, 0.003], "prior_strength": [0.3, 30.0]}
         ),
         "injury": SearchSpace(
-            params={"hidden": [8, 12, 16], "lr": [0.001, 0.03], "prior_strength": [0.03, 3.0]}
+            params={"hidden": [8, 12, 16], "lr": [0.0003, 0.003], "prior_strength": [0.3, 30.0]}
         ),
     }
 
@@ -132,13 +135,16 @@ class TuningSettings(BaseModel):
     spaces: dict[str, SearchSpace] = Field(default_factory=_default_spaces)
     warm_start: bool = Field(default=True, description="enqueue last week's best params")
     zones_max_epochs: int = Field(
-        default=300, ge=5, le=10_000, description="full-batch epochs cap per zone-net trial"
+        default=150, ge=5, le=10_000, description="epochs cap of a zone-net fine-tune trial"
     )
     injury_max_epochs: int = Field(
-        default=150, ge=5, le=10_000, description="full-batch epochs cap per injury-LSTM trial"
+        default=60, ge=5, le=10_000, description="epochs cap of an injury-LSTM fine-tune trial"
+    )
+    population_max_epochs: int = Field(
+        default=200, ge=5, le=10_000, description="epochs cap of a population network fit"
     )
     net_patience: int = Field(
-        default=30, ge=1, le=10_000, description="epochs without validation gain before stop"
+        default=20, ge=1, le=10_000, description="epochs without validation gain before stop"
     )
     net_eval_every: int = Field(
         default=5, ge=1, le=1000, description="epochs per validation check / pruning report"

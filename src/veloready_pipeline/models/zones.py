@@ -1,0 +1,176 @@
+"""Zones family: a personal 3-hidden-layer MLP from recent efforts to FTP and anchors.
+
+Inputs are `veloready_pipeline.features_nets.FEATURE_NAMES_ZONES` (recent best powers
+at 8 durations, CTL/ATL/TSB, recovery, recent training); outputs are FTP, Z2 ceiling,
+Z4 floor and VO2max power in watts (`LABEL_NAMES_ZONES`). `zones_calc` turns them into
+the six zones shown in the app.
+
+Every athlete gets personal weights: a population network fitted on the chunk's
+riders, fine-tuned per rider with an L2 pull towards it (see
+`veloready_pipeline.models.batched`), all riders of a chunk trained together. The
+exported module takes *raw* features and returns watts: the normalisation statistics
+(training rows only) are buffers inside it, so the phone needs no extra
+pre-processing.
+
+Gate metrics are on FTP in watts on the untouched test part, next to the baseline
+"FTP stays at the last test" on the same rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from veloready_pipeline.config import Settings
+from veloready_pipeline.features_nets import (
+    FEATURE_NAMES_ZONES,
+    LABEL_NAMES_ZONES,
+    LABEL_SHARES_ZONES,
+    ZONE_ANCHOR_FEATURE,
+    ZONE_POWER_FEATURES,
+    NetDataset,
+)
+from veloready_pipeline.gates import regression_metrics
+from veloready_pipeline.models.batched import (
+    BatchedMLP,
+    FamilyResult,
+    NetFamily,
+    anchored_features,
+    anchored_output,
+    anchored_target,
+    train_family,
+)
+
+FAMILY = "zones"
+N_HIDDEN_LAYERS = 3
+
+
+class ZoneMLP(nn.Module):
+    """Raw features -> [FTP, Z2 ceiling, Z4 floor, VO2max] in watts.
+
+    Three ReLU hidden layers of ``hidden`` units. The network works *relative to the
+    last tested FTP* (the ``anchor`` input): best powers enter as shares of it, and
+    the output is the relative change of each label from ``anchor x share`` (see
+    `batched.anchored_features`). So "FTP stays at the last test" is the zero output
+    the network starts near, and one shape of network serves riders of any size.
+    ``forward_normalized`` is the bare network (training); ``forward`` wraps it with
+    the stored transform and statistics and is what gets exported.
+    """
+
+    def __init__(self, n_in: int = len(FEATURE_NAMES_ZONES), hidden: int = 32,
+                 n_out: int = len(LABEL_NAMES_ZONES),
+                 anchor_index: int | None = ZONE_ANCHOR_FEATURE,
+                 n_ratio: int = len(ZONE_POWER_FEATURES)) -> None:
+        super().__init__()
+        self.init_kwargs = {"n_in": n_in, "hidden": hidden, "n_out": n_out,
+                            "anchor_index": anchor_index, "n_ratio": n_ratio}
+        self.anchor_index = anchor_index
+        self.n_ratio = n_ratio
+        layers: list[nn.Module] = []
+        width = n_in
+        for _ in range(N_HIDDEN_LAYERS):
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        layers.append(nn.Linear(width, n_out))
+        self.net = nn.Sequential(*layers)
+        shares = LABEL_SHARES_ZONES if n_out == len(LABEL_SHARES_ZONES) else (1.0,) * n_out
+        self.register_buffer("shares", torch.tensor(shares, dtype=torch.float32))
+        self.register_buffer("x_mean", torch.zeros(n_in))
+        self.register_buffer("x_std", torch.ones(n_in))
+        self.register_buffer("y_mean", torch.zeros(n_out))
+        self.register_buffer("y_std", torch.ones(n_out))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return anchored_features(x, self.anchor_index, self.n_ratio)
+
+    def target(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return anchored_target(x, y, self.anchor_index, self.shares)
+
+    def normalize_x(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.features(x) - self.x_mean) / self.x_std
+
+    def normalize_y(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (self.target(x, y) - self.y_mean) / self.y_std
+
+    def forward_normalized(self, xn: torch.Tensor) -> torch.Tensor:
+        return self.net(xn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.forward_normalized(self.normalize_x(x)) * self.y_std + self.y_mean
+        return anchored_output(x, r, self.anchor_index, self.shares)
+
+
+def make_zone_mlp(params: Mapping[str, Any], n_in: int, n_out: int) -> ZoneMLP:
+    """A fresh ZoneMLP for one trial's parameters."""
+    return ZoneMLP(n_in=n_in, hidden=int(params.get("hidden", 32)), n_out=n_out)
+
+
+# Population net: stronger weight decay than the LSTM's - FTP changes are a few watts
+# in label noise of about the same size, and a smooth prior generalises better.
+ZONE_FAMILY = NetFamily(FAMILY, make_zone_mlp, BatchedMLP, "mse", len(LABEL_NAMES_ZONES),
+                        pooled_stats=True, population_lr=3e-3, population_weight_decay=1e-2)
+
+
+def predict_zones(model: nn.Module, X: np.ndarray) -> np.ndarray:
+    """Watts ``[n, 4]`` for raw feature rows (float64 out for metrics)."""
+    with torch.no_grad():
+        out = model(torch.as_tensor(np.asarray(X, dtype=np.float32)))
+    return out.double().numpy()
+
+
+def evaluate_zone_model(ds: NetDataset, model: nn.Module) -> tuple[dict[str, float],
+                                                                   dict[str, float], np.ndarray]:
+    """Test metrics on FTP (W) and the last-test baseline on exactly the same rows.
+
+    Returns:
+        (metrics, baselines, predictions ``[n_test, 4]``). Metrics: ``rmse``, ``mae``,
+        ``r2`` on every labelled test day (FTP interpolated between tests, see
+        `features_nets`), plus ``rmse_measured``/``mae_measured``/``n_measured`` on
+        the test days with an actual FTP test. Baselines ``last_test_rmse`` /
+        ``last_test_mae`` use the most recent test before the day.
+    """
+    te = ds.test_idx
+    pred = predict_zones(model, ds.X[te])
+    y = ds.y[te, 0].astype(float)
+    base = ds.baseline[te].astype(float)
+    metrics = regression_metrics(y, pred[:, 0])
+    for k, name in enumerate(LABEL_NAMES_ZONES[1:], start=1):
+        metrics[f"rmse_{name}"] = regression_metrics(ds.y[te, k], pred[:, k])["rmse"]
+    measured = ds.measured[te]
+    metrics["n_measured"] = float(measured.sum())
+    if measured.any():
+        m = regression_metrics(y[measured], pred[measured, 0])
+        metrics["rmse_measured"] = m["rmse"]
+        metrics["mae_measured"] = m["mae"]
+    b = regression_metrics(y, base)
+    baselines = {"last_test_rmse": b["rmse"], "last_test_mae": b["mae"]}
+    if measured.any():
+        # Kept in metrics, not baselines: the lead's gate treats every baseline as a
+        # must-beat check, and these rest on one or two test days per rider.
+        bm = regression_metrics(y[measured], base[measured])
+        metrics["last_test_rmse_measured"] = bm["rmse"]
+        metrics["last_test_mae_measured"] = bm["mae"]
+    return metrics, baselines, pred
+
+
+def train_zone_models(
+    datasets: Mapping[str, NetDataset],
+    settings: Settings,
+    warm_starts: Mapping[str, dict[str, Any]] | None = None,
+) -> dict[str, FamilyResult]:
+    """Tune, train and evaluate every athlete's zone net, in batches of athletes.
+
+    Athletes whose dataset carries a ``skip_reason`` (too few FTP tests / labelled
+    days) get a ``skipped`` result and the app's rule-based zones. The rest are split
+    into batches of ``settings.execution.chunk_size`` and trained together.
+
+    Args:
+        datasets: athlete id -> split dataset from `features_nets.make_zone_dataset`.
+        settings: seed, tuning (sampler, trials, space, epochs), execution threads.
+        warm_starts: athlete id -> last week's best params (enqueued as first trials).
+    """
+    return train_family(ZONE_FAMILY, datasets, settings, warm_starts, evaluate_zone_model)

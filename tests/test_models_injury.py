@@ -1,0 +1,173 @@
+"""Injury LSTMs: the hand-written batched LSTM equals nn.LSTM, risk categories, training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from veloready_pipeline.config import load_settings
+from veloready_pipeline.features_nets import FEATURE_NAMES_INJURY, make_injury_dataset
+from veloready_pipeline.models.batched import (
+    BatchedLSTM,
+    FamilyResult,
+    FitConfig,
+    LSTMSequence,
+    LSTMWorkspace,
+    fit_batched,
+    fit_single,
+    pad_stack,
+)
+from veloready_pipeline.models.injury import (
+    InjuryLSTM,
+    brier,
+    pooled_injury_metrics,
+    predict_risk,
+    risk_category,
+    safe_auroc,
+    train_injury_models,
+)
+from veloready_pipeline.simulate import simulate_athletes
+
+N_FEAT = len(FEATURE_NAMES_INJURY)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _plains(k: int, hidden: int = 6) -> list[InjuryLSTM]:
+    out = []
+    for i in range(k):
+        torch.manual_seed(i)
+        m = InjuryLSTM(N_FEAT, hidden)
+        with torch.no_grad():
+            m.x_mean.copy_(torch.randn(N_FEAT))
+            m.x_std.copy_(torch.rand(N_FEAT) + 0.5)
+        out.append(m)
+    return out
+
+
+def test_lstm_kernel_gradients_match_autograd() -> None:
+    torch.manual_seed(0)
+    a, t, n, h, f = 2, 4, 3, 3, 2
+    x = torch.randn(t, a, f, n, dtype=torch.float64)
+    w_ih = torch.randn(a, 4 * h, f, dtype=torch.float64, requires_grad=True)
+    w_hh = torch.randn(a, 4 * h, h, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(a, 4 * h, 1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda wi, wh, bb: LSTMSequence.apply(x, wi, wh, bb, None), (w_ih, w_hh, b)
+    )
+
+
+def test_batched_lstm_equals_unstacked_nn_lstm() -> None:
+    plains = _plains(3)
+    batched = BatchedLSTM(plains)
+    x = torch.randn(3, 9, 14, N_FEAT) * 2 + 1
+    with torch.no_grad():
+        risk_b = batched(x)
+        logit_b = batched.forward_normalized(batched.normalize_x(x))
+    for i in range(3):
+        single = batched.unstack(i)
+        assert isinstance(single.lstm, torch.nn.LSTM) and not single.training
+        with torch.no_grad():
+            logit_s = single.forward_normalized(single.normalize_x(x[i]))
+            risk_s = single(x[i])
+            risk_orig = plains[i](x[i])
+        assert torch.max(torch.abs(logit_b[i] - logit_s)) < 1e-5
+        assert torch.max(torch.abs(risk_b[i] - risk_s)) < 1e-4  # 0-100 scale
+        assert torch.max(torch.abs(risk_s - risk_orig)) < 1e-4
+
+
+def test_workspace_reuse_is_detected() -> None:
+    plains = _plains(2)
+    batched = BatchedLSTM(plains)
+    x = batched.prepare(torch.randn(2, 5, 14, N_FEAT))
+    first = batched.forward_prepared(x).sum()
+    batched.forward_prepared(x)  # reuses the same buffers
+    with pytest.raises(RuntimeError, match="reused"):
+        first.backward()
+    assert isinstance(batched.workspace, LSTMWorkspace)
+
+
+def test_batched_lstm_fit_matches_naive_fit() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 14, N_FEAT)).astype(np.float32)
+    y = (x[:, -1, 0] + 0.5 * rng.normal(size=60) > 1.0).astype(np.float32)
+    cfg = FitConfig(lr=0.01, weight_decay=0.0, max_epochs=30, patience=30, eval_every=5,
+                    loss="bce", prior_strength=0.1)
+    model = BatchedLSTM(_plains(1))
+    out = fit_batched(model, pad_stack([x[:45]], [y[:45]]), pad_stack([x[45:]], [y[45:]]), cfg)
+    _, val, epoch = fit_single(_plains(1)[0], x[:45], y[:45], x[45:], y[45:], cfg)
+    assert val == pytest.approx(float(out.best_val[0]), rel=1e-3)
+    assert epoch == int(out.best_epoch[0])
+
+
+@pytest.mark.parametrize(
+    ("risk", "category"),
+    [(0.0, "low"), (49.99, "low"), (50.0, "medium"), (70.0, "medium"), (70.01, "high"),
+     (100.0, "high")],
+)
+def test_risk_category(risk: float, category: str) -> None:
+    assert risk_category(risk) == category
+
+
+@pytest.mark.parametrize("bad", [-1.0, 100.5, float("nan")])
+def test_risk_category_rejects_out_of_range(bad: float) -> None:
+    with pytest.raises(ValueError, match="0-100"):
+        risk_category(bad)
+
+
+def test_metric_helpers() -> None:
+    assert np.isnan(safe_auroc(np.zeros(5), np.arange(5)))
+    assert safe_auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert brier(np.array([0, 1]), np.array([0.0, 1.0])) == 0.0
+    assert brier(np.array([0, 1]), np.array([0.5, 0.5])) == 0.25
+
+
+def test_pooled_metrics_concatenate_test_parts() -> None:
+    r1 = FamilyResult("a", "injury", "trained", test_y=np.array([0.0, 1.0]),
+                      test_pred=np.array([10.0, 90.0]), test_baseline=np.array([0.0, 2.0]),
+                      extra={"train_event_rate": 0.5})
+    r2 = FamilyResult("b", "injury", "trained", test_y=np.array([0.0, 0.0]),
+                      test_pred=np.array([20.0, 30.0]), test_baseline=np.array([1.0, 0.0]),
+                      extra={"train_event_rate": 0.1})
+    skipped = FamilyResult("c", "injury", "skipped")
+    m = pooled_injury_metrics([r1, r2, skipped])
+    assert m["pooled_auroc"] == 1.0 and m["pooled_n_rows"] == 4 and m["pooled_n_events"] == 1
+    assert m["pooled_brier"] == pytest.approx(np.mean([0.01, 0.01, 0.04, 0.09]))
+    assert m["pooled_base_rate_brier"] == pytest.approx(np.mean([0.25, 0.25, 0.01, 0.01]))
+
+
+@pytest.fixture(scope="module")
+def injury_results() -> tuple[dict, dict]:
+    sim = simulate_athletes(4, 160, seed=5)
+    datasets = {aid: make_injury_dataset(f) for aid, f in sim.frame.groupby("athlete_id")}
+    settings = load_settings(seed=3, tuning={"n_trials": 2, "injury_max_epochs": 15,
+                                             "population_max_epochs": 20,
+                                             "net_patience": 10, "net_eval_every": 5})
+    with torch.random.fork_rng():
+        results = train_injury_models(datasets, settings)
+    return datasets, results
+
+
+def test_train_injury_models_end_to_end(injury_results: tuple[dict, dict]) -> None:
+    datasets, results = injury_results
+    assert set(results) == set(datasets)
+    for aid, r in results.items():
+        ds = datasets[aid]
+        assert r.status == "trained", r.reason
+        assert isinstance(r.model, InjuryLSTM)
+        assert r.test_pred.shape == (len(ds.test_idx),)
+        assert np.all((r.test_pred >= 0) & (r.test_pred <= 100))
+        np.testing.assert_allclose(predict_risk(r.model, ds.X[ds.test_idx]), r.test_pred)
+        assert {"auroc", "brier", "n_test_events"} <= set(r.metrics)
+        assert {"warning_score_auroc", "base_rate_brier"} == set(r.baselines)
+        assert 0 <= r.metrics["brier"] <= 1
+        assert r.extra["batch"]["population_fits"] >= 1
+    pooled = pooled_injury_metrics(results.values())
+    assert pooled["pooled_n_rows"] == sum(len(d.test_idx) for d in datasets.values())

@@ -1,0 +1,234 @@
+"""Zone nets: batched = unstacked = naive, masking independence, tuning end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from veloready_pipeline.config import load_settings
+from veloready_pipeline.features_nets import (
+    FEATURE_NAMES_ZONES,
+    LABEL_NAMES_ZONES,
+    make_zone_dataset,
+)
+from veloready_pipeline.models.batched import (
+    BatchedMLP,
+    FitConfig,
+    TrainData,
+    attach_stats,
+    fit_batched,
+    fit_single,
+    normalisation_stats,
+    pad_stack,
+    replay_naive,
+    train_data,
+    tune_batched,
+)
+from veloready_pipeline.models.zones import (
+    ZONE_FAMILY,
+    ZoneMLP,
+    evaluate_zone_model,
+    predict_zones,
+    train_zone_models,
+)
+from veloready_pipeline.simulate import simulate_athletes
+
+N_FEAT = len(FEATURE_NAMES_ZONES)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: extra intra-op threads only spin on a shared 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _raw_rows(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Plausible raw zone rows (positive anchor) and labels that depend on them."""
+    x = rng.normal(1.0, 0.2, (n, N_FEAT)).astype(np.float32) * 100
+    anchor = rng.uniform(180, 320, n).astype(np.float32)
+    x[:, FEATURE_NAMES_ZONES.index("last_test_ftp_w")] = anchor
+    ftp = anchor * (1 + 0.0004 * (x[:, 8] - 100))
+    y = np.outer(ftp, [1.0, 0.75, 0.91, 1.2]).astype(np.float32)
+    return x, y
+
+
+def _athletes(k: int, seed: int = 0, n_min: int = 20, n_max: int = 40) -> list[TrainData]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(k):
+        x, y = _raw_rows(rng, int(rng.integers(n_min, n_max)))
+        cut = int(len(x) * 0.8)
+        out.append(TrainData(f"a{i}", x[:cut], y[:cut], x[cut:], y[cut:]))
+    attach_stats(ZONE_FAMILY, out)
+    return out
+
+
+def _plain(seed: int, data: TrainData, hidden: int = 8) -> ZoneMLP:
+    torch.manual_seed(seed)
+    m = ZoneMLP(N_FEAT, hidden)
+    with torch.no_grad():
+        for k, v in data.stats.items():
+            getattr(m, k).copy_(torch.from_numpy(v))
+    return m
+
+
+def test_batched_and_unstacked_predictions_agree() -> None:
+    athletes = _athletes(3)
+    plains = [_plain(i, a) for i, a in enumerate(athletes)]
+    batched = BatchedMLP(plains)
+    x = torch.from_numpy(np.stack([a.x_train[:15] for a in athletes]))
+    with torch.no_grad():
+        out_b = batched(x)
+        norm_b = batched.forward_normalized(batched.normalize_x(x))
+    for i in range(3):
+        single = batched.unstack(i)
+        assert isinstance(single, ZoneMLP) and not single.training
+        with torch.no_grad():
+            out_s = single(x[i])
+            norm_s = single.forward_normalized(single.normalize_x(x[i]))
+        assert torch.max(torch.abs(norm_b[i] - norm_s)) < 1e-5  # network outputs
+        assert torch.max(torch.abs(out_b[i] - out_s) / out_s.abs()) < 1e-6  # watts
+        # ... and unstacking returns exactly the original athlete's network.
+        assert torch.allclose(single(x[i]), plains[i](x[i]), rtol=1e-6)
+
+
+def test_padding_and_other_athletes_do_not_change_an_athletes_fit() -> None:
+    athletes = _athletes(3, seed=1)
+    cfg = FitConfig(lr=0.01, weight_decay=0.0, max_epochs=40, patience=40, eval_every=5,
+                    loss="mse", prior_strength=0.1)
+
+    def fit(group: list[TrainData]) -> list[torch.Tensor]:
+        model = BatchedMLP([_plain(7, a) for a in group])
+        train = pad_stack([a.x_train for a in group], [a.y_train for a in group])
+        val = pad_stack([a.x_val for a in group], [a.y_val for a in group])
+        out = fit_batched(model, train, val, cfg)
+        return [out.best_state[k][0] for k in sorted(out.best_state)]
+
+    alone = fit([athletes[0]])
+    together = fit([athletes[0], athletes[1], athletes[2]])
+    for a, b in zip(alone, together, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_batched_fit_matches_the_naive_single_fit() -> None:
+    data = _athletes(1, seed=2, n_min=40, n_max=41)[0]
+    cfg = FitConfig(lr=0.01, weight_decay=1e-4, max_epochs=60, patience=20, eval_every=5,
+                    loss="mse", prior_strength=0.05)
+    model = BatchedMLP([_plain(3, data)])
+    out = fit_batched(model, pad_stack([data.x_train], [data.y_train]),
+                      pad_stack([data.x_val], [data.y_val]), cfg)
+    single, val, epoch = fit_single(_plain(3, data), data.x_train, data.y_train, data.x_val,
+                                    data.y_val, cfg)
+    assert val == pytest.approx(float(out.best_val[0]), rel=1e-3)
+    assert epoch == int(out.best_epoch[0])
+
+
+def test_pad_stack_pads_with_the_last_row_and_masks_it() -> None:
+    x1, x2 = np.ones((2, 3), np.float32), np.full((4, 3), 2.0, np.float32)
+    padded = pad_stack([x1, x2], [np.ones((2, 1)), np.ones((4, 1))])
+    assert padded.x.shape == (2, 4, 3)
+    assert padded.mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    assert torch.all(padded.x[0, 2:] == 1.0)  # finite padding, no division by zero later
+    with pytest.raises(ValueError, match="no rows"):
+        pad_stack([x1, np.zeros((0, 3), np.float32)], [np.ones((2, 1)), np.zeros((0, 1))])
+
+
+def test_normalisation_stats_floor_constant_columns() -> None:
+    mean, std = normalisation_stats(np.array([[1.0, 5.0], [3.0, 5.0], [np.nan, 5.0]]))
+    assert mean.tolist() == [2.0, 5.0]
+    assert std[0] == pytest.approx(1.0) and std[1] == 1.0
+
+
+@pytest.fixture(scope="module")
+def zone_datasets() -> dict:
+    sim = simulate_athletes(6, 200, seed=3)
+    return {aid: make_zone_dataset(f) for aid, f in sim.frame.groupby("athlete_id")}
+
+
+def _settings(**tuning):
+    base = {"n_trials": 3, "zones_max_epochs": 40, "population_max_epochs": 60,
+            "net_patience": 15, "net_eval_every": 5}
+    return load_settings(seed=11, tuning=base | tuning, execution={"chunk_size": 50})
+
+
+def test_train_zone_models_end_to_end(zone_datasets: dict) -> None:
+    results = train_zone_models(zone_datasets, _settings())
+    assert set(results) == set(zone_datasets)
+    trained = [r for r in results.values() if r.status == "trained"]
+    skipped = [r for r in results.values() if r.status == "skipped"]
+    assert trained, "the simulator's riders should have enough FTP tests"
+    assert all(r.reason for r in skipped)
+    for r in trained:
+        ds = zone_datasets[r.athlete_id]
+        assert isinstance(r.model, ZoneMLP)
+        assert r.n_test == len(ds.test_idx) and r.test_pred.shape == (r.n_test, 4)
+        assert {"rmse", "mae", "r2", "n_measured", "val_loss"} <= set(r.metrics)
+        assert {"last_test_rmse", "last_test_mae"} == set(r.baselines)
+        assert r.feature_names == FEATURE_NAMES_ZONES
+        assert r.params["n_trials"] == 3 and "hidden" in r.params
+        # The stored predictions are the exported module's own predictions.
+        np.testing.assert_allclose(predict_zones(r.model, ds.X[ds.test_idx]), r.test_pred)
+        metrics, baselines, _ = evaluate_zone_model(ds, r.model)
+        assert metrics["rmse"] == pytest.approx(r.metrics["rmse"])
+        # Predictions are sane watts: within 30 % of the last test.
+        ratio = r.test_pred[:, 0] / ds.baseline[ds.test_idx]
+        assert np.all((ratio > 0.7) & (ratio < 1.3))
+
+
+def test_zone_training_is_reproducible_and_seed_dependent(zone_datasets: dict) -> None:
+    a = train_zone_models(zone_datasets, _settings())
+    b = train_zone_models(zone_datasets, _settings())
+    c = train_zone_models(zone_datasets, load_settings(
+        seed=12, tuning={"n_trials": 3, "zones_max_epochs": 40, "population_max_epochs": 60,
+                         "net_patience": 15}))
+    for aid, ra in a.items():
+        if ra.status != "trained":
+            continue
+        assert ra.metrics["rmse"] == b[aid].metrics["rmse"]
+        assert ra.params == b[aid].params
+    assert any(a[k].params != c[k].params for k in a if a[k].status == "trained")
+
+
+def test_grid_sampler_and_per_athlete_pick(zone_datasets: dict) -> None:
+    settings = _settings(sampler="grid", grid_points=2, n_trials=4, net_pick="athlete")
+    results = train_zone_models(zone_datasets, settings)
+    trained = [r for r in results.values() if r.status == "trained"]
+    assert all(r.params["sampler"] == "grid" for r in trained)
+    for r in trained:
+        # Per-athlete pick: the chosen trial has the athlete's lowest validation loss.
+        vals = r.extra["val_by_trial"]
+        assert r.metrics["val_loss"] == pytest.approx(min(vals))
+
+
+def test_replay_naive_reproduces_the_batched_result(zone_datasets: dict) -> None:
+    settings = _settings(n_trials=2)
+    ready = [d for d in zone_datasets.values() if not d.skip_reason][:3]
+    data = [train_data(d) for d in ready]
+    picks, summary = tune_batched(ZONE_FAMILY, data, settings, batch_key="t")
+    naive, timing = replay_naive(ZONE_FAMILY, [train_data(d) for d in ready], settings,
+                                 summary["trials"])
+    assert timing["loop_seconds"] > 0
+    for p, q, ds in zip(picks, naive, ready, strict=True):
+        assert p.trial == q.trial
+        assert p.val_loss == pytest.approx(q.val_loss, rel=1e-3, abs=1e-4)
+        pb = predict_zones(p.model, ds.X[ds.test_idx])
+        pn = predict_zones(q.model, ds.X[ds.test_idx])
+        assert np.max(np.abs(pb - pn)) < 0.05  # watts
+
+
+def test_label_names_match_outputs() -> None:
+    assert ZoneMLP().net[-1].out_features == len(LABEL_NAMES_ZONES)
+
+
+def test_warm_start_is_tried_first_and_invalid_values_dropped(zone_datasets: dict) -> None:
+    warm = {aid: {"hidden": 12, "lr": 0.001, "prior_strength": 99.0, "trial": 4}
+            for aid in zone_datasets}
+    results = train_zone_models(zone_datasets, _settings(n_trials=2), warm_starts=warm)
+    trained = next(r for r in results.values() if r.status == "trained")
+    first = trained.extra["batch"]["trials"][0]["params"]
+    assert first["hidden"] == 12 and first["lr"] == 0.001
+    assert first["prior_strength"] != 99.0  # outside this week's range: sampled instead
