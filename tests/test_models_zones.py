@@ -225,10 +225,10 @@ def test_label_names_match_outputs() -> None:
 
 
 def test_warm_start_is_tried_first_and_invalid_values_dropped(zone_datasets: dict) -> None:
-    warm = {aid: {"hidden": 12, "lr": 0.001, "prior_strength": 99.0, "trial": 4}
+    warm = {aid: {"hidden": 48, "lr": 0.001, "prior_strength": 99.0, "trial": 4}
             for aid in zone_datasets}
     results = train_zone_models(zone_datasets, _settings(n_trials=2), warm_starts=warm)
     trained = next(r for r in results.values() if r.status == "trained")
     first = trained.extra["batch"]["trials"][0]["params"]
-    assert first["hidden"] == 12 and first["lr"] == 0.001
+    assert first["hidden"] == 48 and first["lr"] == 0.001
     assert first["prior_strength"] != 99.0  # outside this week's range: sampled instead

@@ -115,11 +115,14 @@ def _default_spaces() -> dict[str, SearchSpace]:
         # Gentle fine-tunes only (strong prior, small steps): a rider has 1-3 injury
         # events, and the last interpolated FTP labels of training lean on the
         # validation part's test, so validation would reward over-fitting.
+        # Widths start at 32: below that the fixed part of a Core ML package (program
+        # text, manifest) outweighs the weights and quantizing cannot halve its size.
         "zones": SearchSpace(
-            params={"hidden": [8, 12, 16], "lr": [0.0003, 0.003], "prior_strength": [0.3, 30.0]}
+            params={"hidden": [32, 48, 64], "lr": [0.0003, 0.003],
+                    "prior_strength": [0.3, 30.0]}
         ),
         "injury": SearchSpace(
-            params={"hidden": [8, 12, 16], "lr": [0.0003, 0.003], "prior_strength": [0.3, 30.0]}
+            params={"hidden": [32], "lr": [0.0003, 0.003], "prior_strength": [0.3, 30.0]}
         ),
     }
 
