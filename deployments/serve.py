@@ -17,9 +17,10 @@ from prefect import serve
 
 def all_deployments() -> list:
     from deployments.briefs_deployments import brief_deployments
+    from deployments.monitoring_deployments import monitoring_deployments
     from deployments.training_deployments import training_deployments
 
-    return [*training_deployments(), *brief_deployments()]
+    return [*training_deployments(), *brief_deployments(), *monitoring_deployments()]
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ Stages (each a Prefect task over chunks of athletes):
 3. train       - per family and chunk: features, 70/15/15 time split, Optuna, fit, gate
 4. register    - MLflow runs for every model; passing ones registered; champion moves
                  only when it beats the current one on the same test data
+   review      - every new passing version is a `challenger`; with review_mode manual the
+                 run pauses for a reviewer (Prefect UI form or `veloready registry review`)
 5. export      - Core ML (+ quantized variants for networks) and ONNX of new versions
 6. publish     - signed OTA manifest per athlete advertising each family's champion
 7. report      - gate table artifact and the run summary JSON
@@ -27,6 +29,7 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from tqdm import tqdm
 
+from tasks.review import review_challengers, shippable_outcomes
 from tasks.runners import make_task_runner
 from tasks.training import (
     export_models,
@@ -46,7 +49,13 @@ from veloready_pipeline.results import ModelResult
 def train_chunks(frame: Any, families: list[str], settings: Settings,
                  warm_starts: dict[str, dict[str, dict[str, Any]]] | None = None,
                  progress: bool = True) -> list[ModelResult]:
-    """Stage 3: one task per family and chunk of athletes, run on the configured runner."""
+    """Stage 3: one task per family and chunk of athletes, run on the configured runner.
+
+    ``frame`` may come wrapped in `pipeline.AthleteRows` so the sub-flow's parameters
+    (sent to the Prefect API) hold the table's size, not its rows.
+    """
+    if isinstance(frame, pipeline.AthleteRows):
+        frame = frame.frame
     ids = sorted(frame["athlete_id"].astype(str).unique())
     chunks = pipeline.chunk_ids(ids, settings.execution.chunk_size)
     futures = []
@@ -106,7 +115,7 @@ def weekly_training(
 
     runner = make_task_runner(settings)
     results = train_chunks.with_options(task_runner=runner)(
-        frame, fams, settings, None, progress)
+        pipeline.AthleteRows.of(frame), fams, settings, None, progress)
 
     run_id = str(flow_run.get_id() or "local")
     workdir = settings.resolve(settings.paths.reports_dir) / "plots" / run_id
@@ -118,7 +127,8 @@ def weekly_training(
     }
     digest = pipeline.data_digest(frame) if len(frame) else "empty"
     outcomes = register_models(results, settings, digest, lineage, workdir)
-    exports = export_models(0, results, outcomes, settings)
+    outcomes = review_challengers(outcomes, settings)
+    exports = export_models(0, results, shippable_outcomes(outcomes), settings)
     manifests = publish_ota(exports, outcomes, settings)
 
     by_key = {(o.athlete_id, o.family): o for o in outcomes}

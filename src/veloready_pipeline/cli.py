@@ -13,10 +13,15 @@ from pathlib import Path
 
 import typer
 
+from veloready_pipeline.registry_cli import monitor_command, ota_promote, registry_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="VeloReady Pipeline: per-athlete models, gated, registered, shipped.")
 ota_app = typer.Typer(no_args_is_help=True, help="OTA manifests for the app.")
 app.add_typer(ota_app, name="ota")
+app.add_typer(registry_app, name="registry")
+ota_app.command("promote")(ota_promote)
+app.command("monitor")(monitor_command)
 
 
 def _settings(config: Path | None, **overrides: object):  # noqa: ANN202

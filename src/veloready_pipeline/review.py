@@ -102,6 +102,7 @@ class Challenger:
     new_loss_same_test: float | None
     champion_loss_same_test: float | None
     data_window: str
+    plot_uri: str = ""
 
 
 def _alias(client: MlflowClient, name: str, alias: str) -> str | None:
@@ -139,10 +140,13 @@ def _challenger(client: MlflowClient, name: str, version: str) -> Challenger | N
     run_id = mv.run_id or mv.tags.get("run_id", "")
     run_tags: dict[str, str] = {}
     run_metrics: dict[str, float] = {}
+    plot_uri = ""
     if run_id:
         try:
             run = client.get_run(run_id)
             run_tags, run_metrics = dict(run.data.tags), dict(run.data.metrics)
+            plots = [a.path for a in client.list_artifacts(run_id) if a.path.endswith(".png")]
+            plot_uri = f"{run.info.artifact_uri}/{plots[0]}" if plots else ""
         except MlflowException:
             pass
     champ = _alias(client, name, CHAMPION)
@@ -167,6 +171,7 @@ def _challenger(client: MlflowClient, name: str, version: str) -> Challenger | N
         new_loss_same_test=_float(mv.tags.get("new_loss_same_test")),
         champion_loss_same_test=_float(mv.tags.get("champion_loss_same_test")),
         data_window=f"{run_tags.get('data_start', '?')} .. {run_tags.get('data_end', '?')}",
+        plot_uri=plot_uri,
     )
 
 
@@ -375,8 +380,8 @@ def review_markdown(pending: Sequence[Challenger], *, flow_run_id: str | None = 
     lines += [
         "| athlete | family | version | rmse | mae | r2 | persistence rmse | mean rmse "
         "| champion | champion rmse | champion mae | same-test loss new / champion "
-        "| recommendation |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| recommendation | residuals |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in pending:
         same = (f"{_fmt(c.new_loss_same_test)} / {_fmt(c.champion_loss_same_test)}"
@@ -388,7 +393,8 @@ def review_markdown(pending: Sequence[Challenger], *, flow_run_id: str | None = 
             f"| {_fmt(c.baselines.get('mean_rmse'))} "
             f"| {('v' + c.champion_version) if c.champion_version else 'none (rules)'} "
             f"| {_fmt(c.champion_metrics.get('rmse'))} | {_fmt(c.champion_metrics.get('mae'))} "
-            f"| {same} | {c.recommendation.removeprefix('pending review: ')[:140]} |")
+            f"| {same} | {c.recommendation.removeprefix('pending review: ')[:140]} "
+            f"| {f'[plot]({c.plot_uri})' if c.plot_uri else ''} |")
     if not pending:
         lines.append("\n_Nothing is pending._")
     return "\n".join(lines)

@@ -1,0 +1,287 @@
+"""`veloready registry ...`, `veloready ota promote` and `veloready monitor`.
+
+* ``registry review`` lists the challengers awaiting review (metrics next to the
+  champion's) and, with ``--approve-all`` / ``--approve A,B`` / ``--reject A --reason``,
+  records the decision on the model versions. If a weekly run is paused waiting for
+  that decision, it is resumed with it and goes on to export and publish; otherwise
+  the approved champions' manifests are republished here.
+* ``registry rollback ATHLETE FAMILY [--to VERSION] --reason ...`` moves ``champion``
+  back and republishes the signed manifest; refusals exit with status 1.
+* ``ota promote ATHLETE FAMILY --percent P`` widens a staged rollout and re-signs.
+* ``monitor`` runs the live-monitoring flow once.
+
+Heavy modules (MLflow, Prefect) are imported inside the commands so ``--help`` stays
+fast and nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+registry_app = typer.Typer(no_args_is_help=True,
+                           help="Model registry: review challengers, roll back champions.")
+
+
+def _settings(config: Path | None) -> Any:
+    from pydantic import ValidationError
+
+    from veloready_pipeline.config import load_settings
+
+    try:
+        return load_settings(config)
+    except ValidationError as exc:
+        typer.secho(f"invalid configuration:\n{exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def _who(name: str | None) -> str:
+    if name and name.strip():
+        return name.strip()
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return "unknown"
+
+
+def _quiet() -> None:
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _print_pending(pending: list[Any]) -> None:
+    if not pending:
+        typer.echo("no challengers are pending review")
+        return
+    typer.echo(f"{len(pending)} challenger(s) pending review:")
+    for c in pending:
+        champ = (f"champion v{c.champion_version}: rmse {_fmt(c.champion_metrics.get('rmse'))} "
+                 f"mae {_fmt(c.champion_metrics.get('mae'))}" if c.champion_version
+                 else "no champion (app uses rules)")
+        typer.echo(
+            f"  {c.athlete_id:<14} {c.family:<9} v{c.version:<4} "
+            f"rmse {_fmt(c.metrics.get('rmse'))} mae {_fmt(c.metrics.get('mae'))} "
+            f"r2 {_fmt(c.metrics.get('r2'))} | baselines persistence "
+            f"{_fmt(c.baselines.get('persistence_rmse'))} mean "
+            f"{_fmt(c.baselines.get('mean_rmse'))} | {champ}")
+        if c.recommendation:
+            typer.echo(f"  {'':<14} {c.recommendation}")
+
+
+@registry_app.command("review")
+def review_command(
+    approve_all: bool = typer.Option(False, "--approve-all", help="approve every challenger"),
+    approve: str | None = typer.Option(None, "--approve", help="ATHLETE[,ATHLETE...]"),
+    reject: str | None = typer.Option(None, "--reject", help="ATHLETE[,ATHLETE...]"),
+    reason: str | None = typer.Option(None, "--reason",
+                                      help="why (required to reject; with --approve and "
+                                      "--reject it explains the rejection)"),
+    reviewer: str | None = typer.Option(None, "--reviewer", help="who decides (default: $USER)"),
+    family: str | None = typer.Option(None, "--family", help="only this family"),
+    flow_run: str | None = typer.Option(None, "--flow-run",
+                                        help="resume this paused run (default: the runs "
+                                        "whose challengers were decided)"),
+    config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
+) -> None:
+    """List challengers pending review; approve or reject them and resume a paused run."""
+    from veloready_pipeline import review
+
+    _quiet()
+    settings = _settings(config)
+    families = [family] if family else None
+    pending = review.pending_challengers(settings, families=families)
+    _print_pending(pending)
+    if not (approve_all or approve or reject):
+        return
+    decisions = _decisions(approve_all, _csv(approve), _csv(reject), reason, _who(reviewer))
+    try:
+        for d in decisions:
+            d.validate()
+            if d.athletes:
+                review.check_listed(d, pending)
+    except review.ReviewError as exc:
+        typer.secho(f"review refused: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+    from tasks.review import find_paused_reviews, resume_review
+
+    paused = find_paused_reviews()
+    if flow_run:
+        paused = [r for r in paused if r["id"] == flow_run]
+        if not paused:
+            typer.secho(f"flow run {flow_run} is not a paused weekly-training run", fg="red",
+                        err=True)
+            raise typer.Exit(2)
+    paused_ids = {r["id"] for r in paused}
+
+    def can_ship(ch: Any) -> str | None:
+        from veloready_pipeline.rollout import export_record
+
+        if ch.flow_run_id in paused_ids:
+            return None  # the resumed run exports and publishes it
+        if export_record(settings, ch.family, ch.athlete_id, ch.version) is None:
+            return (f"v{ch.version} has no export (its weekly run did not export it), so it "
+                    "cannot be shipped; retrain it with `veloready train`")
+        return None
+
+    applied = []
+    for d in decisions:
+        applied += review.apply_decision(settings, d, pending, source="cli", can_ship=can_ship)
+    blocked = False
+    for a in applied:
+        if a.verdict in ("approved", "rejected") or (a.verdict == "pending" and a.note !=
+                                                      "not named: left pending"):
+            colour = "red" if a.verdict == "pending" else None
+            typer.secho(f"{a.athlete_id} {a.family} v{a.version}: {a.verdict}"
+                        + (f" ({a.note})" if a.note else ""), fg=colour)
+            blocked |= a.verdict == "pending"
+    decided_runs = {ch.flow_run_id for ch in pending
+                    for a in applied if a.verdict in ("approved", "rejected")
+                    and (a.name, a.version) == (ch.name, ch.version)}
+    to_resume = paused if flow_run else [r for r in paused if r["id"] in decided_runs]
+    answer = _answer(decisions)
+    for run in to_resume:
+        resume_review(run["id"], answer)
+        typer.echo(f"resumed paused weekly run {run['id']} ({run['name']}) with "
+                   f"{json.dumps(answer)}; it exports and publishes the approved models")
+    if not paused:
+        typer.echo("no weekly run is paused for review: decisions recorded in the registry")
+    _publish_direct(settings, applied, pending, paused_ids)
+    if blocked:
+        raise typer.Exit(1)
+
+
+def _decisions(approve_all: bool, approve: list[str], reject: list[str], reason: str | None,
+               reviewer: str) -> list[Any]:
+    from veloready_pipeline.review import ReviewDecision
+
+    if approve_all and approve:
+        typer.secho("use either --approve-all or --approve, not both", fg="red", err=True)
+        raise typer.Exit(2)
+    if approve_all and reject:
+        typer.secho("--approve-all approves everything: drop --reject or list approvals",
+                    fg="red", err=True)
+        raise typer.Exit(2)
+    both = sorted(set(approve) & set(reject))
+    if both:
+        typer.secho(f"athlete(s) both approved and rejected: {', '.join(both)}", fg="red",
+                    err=True)
+        raise typer.Exit(2)
+    out = []
+    if reject:  # rejections first: an approval never races a rejection
+        out.append(ReviewDecision("reject", reject, reason or "", reviewer))
+    # With both, --reason explains the rejection; approvals then read "approved by ...".
+    approve_reason = "" if reject else (reason or "")
+    if approve_all:
+        out.append(ReviewDecision("approve_all", [], approve_reason, reviewer))
+    elif approve:
+        out.append(ReviewDecision("approve_listed", approve, approve_reason, reviewer))
+    return out
+
+
+def _answer(decisions: list[Any]) -> dict[str, Any]:
+    """The run input sent to a paused run: the approval if any, else the rejection."""
+    main = decisions[-1]
+    return {"decision": main.decision, "athletes": list(main.athletes),
+            "reason": main.reason, "reviewer": main.reviewer}
+
+
+def _publish_direct(settings: Any, applied: list[Any], pending: list[Any],
+                    paused_ids: set[str]) -> None:
+    """Republish manifests of approvals no paused run will publish."""
+    from veloready_pipeline.rollout import publish_athlete
+
+    by_key = {(c.name, c.version): c for c in pending}
+    athletes = sorted({a.athlete_id for a in applied if a.verdict == "approved"
+                       and by_key[(a.name, a.version)].flow_run_id not in paused_ids})
+    for aid in athletes:
+        path = publish_athlete(settings, aid)
+        typer.echo(f"published {path}" if path else f"{aid}: nothing exported to publish")
+
+
+@registry_app.command("rollback")
+def rollback_command(
+    athlete: str = typer.Argument(..., help="athlete id"),
+    family: str = typer.Argument(..., help="recovery | zones | injury"),
+    to: str | None = typer.Option(None, "--to", help="version (default: the previous champion)"),
+    reason: str = typer.Option(..., "--reason", help="why (kept on both versions)"),
+    by: str | None = typer.Option(None, "--by", help="who (default: $USER)"),
+    config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
+) -> None:
+    """Move an athlete's champion back and republish the signed manifest."""
+    from veloready_pipeline.rollout import RolloutError, rollback_champion
+
+    _quiet()
+    settings = _settings(config)
+    try:
+        out = rollback_champion(settings, athlete, family, reason=reason, actor=_who(by),
+                                to_version=to)
+    except RolloutError as exc:
+        typer.secho(f"rollback refused: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"{athlete} {family}: champion v{out['from_version']} -> v{out['to_version']} "
+               f"(100 %, channel rollback); reason: {reason}")
+    typer.echo(f"manifest: {out['manifest']}")
+
+
+def ota_promote(
+    athlete: str = typer.Argument(..., help="athlete id"),
+    family: str = typer.Argument(..., help="recovery | zones | injury"),
+    percent: int = typer.Option(..., "--percent", help="new share of devices, 1..100"),
+    reason: str = typer.Option("", "--reason", help="why (kept on the version)"),
+    by: str | None = typer.Option(None, "--by", help="who (default: $USER)"),
+    config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
+) -> None:
+    """Widen a champion's staged rollout and re-sign the athlete's manifest."""
+    from veloready_pipeline.export.ota import OTAVerificationError, verify_path
+    from veloready_pipeline.rollout import RolloutError, promote_rollout
+
+    _quiet()
+    settings = _settings(config)
+    try:
+        out = promote_rollout(settings, athlete, family, percent, actor=_who(by), reason=reason)
+    except RolloutError as exc:
+        typer.secho(f"promote refused: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    try:
+        verify_path(Path(out["manifest"]))
+    except OTAVerificationError as exc:
+        typer.secho(f"re-signed manifest does not verify: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"{athlete} {family} v{out['version']}: {out['from_percent']} % -> "
+               f"{out['percent']} % ({out['channel']}); manifest re-signed and verified: "
+               f"{out['manifest']}")
+
+
+def monitor_command(
+    data: str | None = typer.Option(None, "--data", help="file, folder or URL"),
+    as_of: str | None = typer.Option(None, "--as-of", help="evaluate up to this day"),
+    athletes: str | None = typer.Option(None, "--athletes", help="comma separated ids"),
+    config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
+) -> None:
+    """Store today's champion predictions, score live metrics, flag drift (one run)."""
+    _quiet()
+    settings = _settings(config)
+    from flows.monitoring import daily_monitoring
+
+    out = daily_monitoring(settings=settings, data=data, as_of=as_of,
+                           athlete_ids=_csv(athletes) or None)
+    typer.echo(f"predictions stored: {out['predictions']['stored']} "
+               f"({out['predictions']['champions']} champions)")
+    typer.echo(f"flagged: {', '.join(out['flagged']) or 'none'} of {out['monitored']} monitored")
+    for aid, action in out.get("actions", {}).items():
+        typer.echo(f"  {aid}: {action}")

@@ -1,0 +1,241 @@
+"""Staged rollout, promotion and rollback against a real MLflow store and real exports."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+import mlflow
+from helpers_data import toy_athlete
+from veloready_pipeline.cli import app
+from veloready_pipeline.config import load_settings
+from veloready_pipeline.export.ota import verify_path
+from veloready_pipeline.models.recovery import train_recovery_model
+from veloready_pipeline.pipeline import score_model
+from veloready_pipeline.publish import export_registered, publish_manifests
+from veloready_pipeline.registry import CHAMPION, register_results, registered_name
+from veloready_pipeline.review import ReviewDecision, apply_decision, pending_challengers
+from veloready_pipeline.rollout import (
+    RolloutError,
+    champion_state,
+    device_bucket,
+    in_rollout,
+    promote_rollout,
+    rollback_champion,
+)
+
+ATHLETE = "ro1"
+_PREFIX = itertools.count()
+
+
+def _client(settings):
+    """A client on this test's store for runs *and* models (MLflow's registry URI is a
+    process-wide setting that an earlier test may have pointed elsewhere)."""
+
+    uri = settings.mlflow_tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+# ----------------------------------------------------------------------- bucketing
+
+
+def test_bucketing_is_stable_and_roughly_proportional():
+    devices = [f"device-{i:05d}" for i in range(20_000)]
+    assert [device_bucket(d, "a1", "recovery") for d in devices[:50]] == [
+        device_bucket(d, "a1", "recovery") for d in devices[:50]]
+    for percent in (1, 10, 50, 90):
+        share = sum(in_rollout(d, "a1", "recovery", percent) for d in devices) / len(devices)
+        assert abs(share - percent / 100) < 0.012, (percent, share)
+    assert not any(in_rollout(d, "a1", "recovery", 0) for d in devices[:200])
+    assert all(in_rollout(d, "a1", "recovery", 100) for d in devices[:200])
+    # Another athlete or family draws another 10 %: overlap is about 10 % of 10 %.
+    a = {d for d in devices if in_rollout(d, "a1", "recovery", 10)}
+    b = {d for d in devices if in_rollout(d, "a1", "injury", 10)}
+    assert len(a & b) / len(a) < 0.2
+
+
+@given(st.text(min_size=1, max_size=40), st.integers(0, 99), st.integers(0, 100))
+def test_widening_a_rollout_never_drops_a_device(device, low, extra):
+    high = min(100, low + extra)
+    if in_rollout(device, "a", "recovery", low):
+        assert in_rollout(device, "a", "recovery", high)
+
+
+@pytest.mark.parametrize("percent", [-1, 101])
+def test_bucketing_rejects_impossible_percentages(percent):
+    with pytest.raises(ValueError, match="0..100"):
+        in_rollout("d", "a", "recovery", percent)
+
+
+# ----------------------------------------------------------------- registry + manifests
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    return {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+            "artifact_root": (root / "artifacts").as_uri()}
+
+
+@pytest.fixture(scope="module")
+def result():
+    r = train_recovery_model(toy_athlete(ATHLETE, n=140, seed=3, noise=2.0),
+                             load_settings(tuning={"n_trials": 3}))
+    assert r.passed, r.reason
+    return r
+
+
+@pytest.fixture
+def settings(veloready_home, store, monkeypatch):
+    prefix = f"ro{next(_PREFIX)}"
+    # The CLI reads the same settings from the environment.
+    monkeypatch.setenv("VELOREADY_TRACKING_URI", store["tracking_uri"])
+    monkeypatch.setenv("VELOREADY_ARTIFACT_ROOT", store["artifact_root"])
+    monkeypatch.setenv("VELOREADY_REGISTRY_PREFIX", prefix)
+    return load_settings(tuning={"n_trials": 3}, review_mode="manual", registry_prefix=prefix,
+                         **store)
+
+
+def _ship_new_version(settings, result, digest, reviewer="alice"):
+    """Register a version (manual mode), approve it, export it, publish the manifest."""
+    outcomes = register_results([result], settings,
+                                data_hash=f"{settings.registry_prefix}-{digest}",
+                                lineage={"source": "test"}, score_fn=score_model)
+    apply_decision(settings, ReviewDecision("approve_all", [], "ok", reviewer),
+                   pending_challengers(settings), source="cli")
+    for o in outcomes:
+        o.champion_version = o.version
+    exports = export_registered([result], outcomes, settings)
+    assert "error" not in exports[(ATHLETE, "recovery")], exports
+    return Path(publish_manifests(exports, outcomes, settings)[ATHLETE])
+
+
+def _manifest(path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _family_models(manifest, role):
+    return sorted((m["registry_version"], m["kind"], m["sha256"]) for m in manifest["models"]
+                  if m["family"] == "recovery" and m["role"] == role)
+
+
+def _register_never_passed(settings, result):
+    """A version whose run recorded a failed gate (e.g. registered by hand)."""
+    name = registered_name(settings, "recovery", ATHLETE)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri())
+    with mlflow.start_run(tags={"gate_passed": "false", "gate_verdict": "failed: r2 0.1 <= 0.7",
+                                "athlete_id": ATHLETE, "family": "recovery"}) as run:
+        info = mlflow.xgboost.log_model(result.model, name="model")
+    return str(mlflow.register_model(info.model_uri, name).version), run.info.run_id
+
+
+@pytest.mark.slow  # real Core ML + ONNX exports of two versions, ~20-45 s
+def test_staged_rollout_promote_and_rollback(settings, result):
+    first = _ship_new_version(settings, result, "w1")
+    verify_path(first)
+    m1 = _manifest(first)
+    assert m1["rollout"]["recovery"]["champion_version"] == "1"
+    assert m1["rollout"]["recovery"]["percent"] == 10
+    assert m1["rollout"]["recovery"]["channel"] == "staged"
+    assert m1["rollout"]["recovery"]["previous_version"] is None
+    assert m1["fallback"]["kind"] == "rule_based"
+    v1_models = _family_models(m1, "champion")
+    assert [v for v, _, _ in v1_models] == ["1", "1"]  # Core ML + ONNX
+
+    # Widen v1 to 100 %, then ship v2 at 10 % with v1 as the fallback.
+    runner = CliRunner()
+    res = runner.invoke(app, ["ota", "promote", ATHLETE, "recovery", "--percent", "100"])
+    assert res.exit_code == 0, res.output
+    assert "10 % -> 100 %" in res.output
+    assert _manifest(first)["rollout"]["recovery"]["channel"] == "stable"
+
+    better = copy.copy(result)
+    better.params = dict(result.params, variant="v2")
+    second = _ship_new_version(settings, better, "w2", reviewer="bob")
+    assert second == first
+    before_promote = second.read_bytes()
+    m2 = _manifest(second)
+    block = m2["rollout"]["recovery"]
+    assert (block["champion_version"], block["percent"], block["previous_version"]) == (
+        "2", 10, "1")
+    assert _family_models(m2, "previous") == v1_models
+    verify_path(second)
+
+    # Widening re-signs: a different, still valid manifest.
+    out = promote_rollout(settings, ATHLETE, "recovery", 100, actor="carol", reason="fine")
+    assert out["from_percent"] == 10 and out["channel"] == "stable"
+    assert second.read_bytes() != before_promote
+    verify_path(second)
+    assert _manifest(second)["rollout"]["recovery"]["percent"] == 100
+    with pytest.raises(RolloutError, match="only widens"):
+        promote_rollout(settings, ATHLETE, "recovery", 50, actor="carol")
+
+    # Refusals before any rollback: missing version, never-passed version.
+    client = _client(settings)
+    name = registered_name(settings, "recovery", ATHLETE)
+    with pytest.raises(RolloutError, match="version 99 does not exist"):
+        rollback_champion(settings, ATHLETE, "recovery", reason="x", actor="d", to_version="99")
+    bad, _ = _register_never_passed(settings, result)
+    res = runner.invoke(app, ["registry", "rollback", ATHLETE, "recovery", "--to", bad,
+                              "--reason", "try"])
+    assert res.exit_code == 1 and "never passed its gate" in res.output, res.output
+    with pytest.raises(RolloutError, match="needs a reason"):
+        rollback_champion(settings, ATHLETE, "recovery", reason=" ", actor="d")
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "2"
+
+    # The rollback restores v1 and its files, for every device, and records why.
+    res = runner.invoke(app, ["registry", "rollback", ATHLETE, "recovery",
+                              "--reason", "complaints from riders", "--by", "dave"])
+    assert res.exit_code == 0, res.output
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
+    m3 = _manifest(second)
+    verify_path(second)
+    assert _family_models(m3, "champion") == v1_models
+    assert m3["rollout"]["recovery"] | {"set_at": None} == m3["rollout"]["recovery"] | {
+        "champion_version": "1", "percent": 100, "channel": "rollback",
+        "previous_version": None, "set_by": "rollback", "set_at": None}
+    t1 = client.get_model_version(name, "1").tags
+    t2 = client.get_model_version(name, "2").tags
+    assert t1["champion_set_by"] == "rollback" and t1["champion_set_actor"] == "dave"
+    assert t1["rolled_back_from"] == "2"
+    assert t2["rolled_back"] == "true" and t2["rolled_back_reason"] == "complaints from riders"
+    assert t2["rolled_back_to"] == "1"
+    state = champion_state(client, settings, ATHLETE, "recovery")
+    assert state.version == "1" and state.percent == 100
+
+    # Rolling back twice is refused, from the CLI too, and changes nothing.
+    manifest_bytes = second.read_bytes()
+    res = runner.invoke(app, ["registry", "rollback", ATHLETE, "recovery", "--to", "2",
+                              "--reason", "again"])
+    assert res.exit_code == 1 and "refusing to roll back twice" in res.output, res.output
+    assert second.read_bytes() == manifest_bytes
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
+
+    # A tampered byte is still caught after all this re-signing.
+    res = runner.invoke(app, ["ota", "verify", str(second)])
+    assert res.exit_code == 0, res.output
+    model = second.parent.parent / next(m["file"] for m in m3["models"])
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    assert runner.invoke(app, ["ota", "verify", str(second)]).exit_code == 1
+
+
+def test_rollback_without_champion_or_previous_is_refused(settings, result):
+    with pytest.raises(RolloutError, match="no registered model"):
+        rollback_champion(settings, ATHLETE, "recovery", reason="x", actor="a")
+    _ship_new_version(settings, result, "only")
+    with pytest.raises(RolloutError, match="no previous champion"):
+        rollback_champion(settings, ATHLETE, "recovery", reason="x", actor="a")
+    with pytest.raises(RolloutError, match="already the champion"):
+        rollback_champion(settings, ATHLETE, "recovery", reason="x", actor="a", to_version="1")
+    with pytest.raises(RolloutError, match="1..100"):
+        promote_rollout(settings, ATHLETE, "recovery", 0, actor="a")
