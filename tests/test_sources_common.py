@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from veloready_pipeline.schema import REQUIRED_COLUMNS
+from veloready_pipeline.schema import CORE_COLUMNS
 from veloready_pipeline.sources.common import (
     decode_file,
     finish_frame,
@@ -94,7 +94,7 @@ def test_finish_frame_adds_required_columns_and_sorts() -> None:
         {"athlete_id": "a", "date": pd.Timestamp("2024-01-03"), "hrv_ms": "61"},
         {"athlete_id": "a", "date": pd.Timestamp("2024-01-01")},
     ])
-    assert set(REQUIRED_COLUMNS) <= set(frame.columns)
+    assert set(CORE_COLUMNS) <= set(frame.columns)
     assert list(frame["athlete_id"]) == ["a", "a", "b"]
     assert list(frame["date"].dt.day) == [1, 3, 2]
     assert frame["hrv_ms"].dtype == "float64" and frame["tss"].isna().all()

@@ -73,6 +73,9 @@ CANONICAL_COLUMNS: tuple[Column, ...] = (
 
 COLUMNS_BY_NAME: dict[str, Column] = {c.name: c for c in CANONICAL_COLUMNS}
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(c.name for c in CANONICAL_COLUMNS if c.required)
+# Columns every source emits (all-null where it has no such sensor), so downstream code
+# can rely on them existing; only REQUIRED_COLUMNS must also carry values.
+CORE_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, "resting_hr", "sleep_score", "tss")
 FLOAT_COLUMNS: tuple[str, ...] = tuple(c.name for c in CANONICAL_COLUMNS if c.dtype == "float")
 
 

@@ -22,8 +22,8 @@ import pandas as pd
 
 from veloready_pipeline.schema import (
     CANONICAL_COLUMNS,
+    CORE_COLUMNS,
     POWER_COLUMNS,
-    REQUIRED_COLUMNS,
     coerce_canonical,
 )
 from veloready_pipeline.sources.base import ParseIssue
@@ -213,7 +213,7 @@ def finish_frame(records: Iterable[Mapping[str, object]]) -> pd.DataFrame:
     and line of a value that breaks a range rule.
     """
     frame = pd.DataFrame.from_records(list(records))
-    for name in REQUIRED_COLUMNS:
+    for name in CORE_COLUMNS:
         if name not in frame:
             frame[name] = pd.Series([None] * len(frame), dtype="object")
     known = [c.name for c in CANONICAL_COLUMNS if c.name in frame]
