@@ -56,10 +56,15 @@ def export_registered(
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Export every registered version not exported yet; returns records by (athlete, family).
 
-    A failed export is recorded (``error``) and never shipped; the others go on.
+    A failed export is recorded (``error``) and never shipped; the others go on. The
+    conversions (~2 s of CPU per network: Core ML float32 + quantized variants, ONNX,
+    parity checks) run in ``execution.local_workers`` local processes when there are
+    enough of them; the MLflow writes and the records stay in this process (one
+    writer), in the same order either way.
     """
     by_key = {(r.athlete_id, r.family): r for r in results}
     records: dict[tuple[str, str], dict[str, Any]] = {}
+    jobs: list[tuple[Any, ModelResult, Path, str]] = []
     for out in outcomes:
         if out.version is None:
             continue
@@ -72,26 +77,79 @@ def export_registered(
             continue
         if result is None:
             continue
-        name = out.registered_name or f"{out.family}-{out.athlete_id}"
-        try:
-            if out.family == "recovery":
-                rec = export_recovery(result, folder, name)
-            else:
-                from veloready_pipeline.models.nets import export_net
-
-                rec = export_net(result, folder, name, settings)
-        except Exception as exc:  # noqa: BLE001 - recorded; the model is not shipped
-            records[key] = {"family": out.family, "error": f"{type(exc).__name__}: {exc}"}
+        jobs.append((out, result, folder, out.registered_name or f"{out.family}-{out.athlete_id}"))
+    done = _run_exports([(r, folder, name, settings) for _, r, folder, name in jobs], settings)
+    client = None
+    for (out, _, folder, _), rec in zip(jobs, done, strict=True):
+        key, record_path = (out.athlete_id, out.family), folder / RECORD
+        if "error" in rec:
+            records[key] = rec
             continue
         rec |= {"athlete_id": out.athlete_id, "registry_name": out.registered_name,
                 "registry_version": out.version}
+        # An undefined metric (e.g. a personal AUROC on a test part without an event) is
+        # NaN; the signed manifest is strict JSON, so it travels as null.
+        rec["gate_metrics"] = {k: (float(v) if v is not None and np.isfinite(v) else None)
+                               for k, v in rec.get("gate_metrics", {}).items()}
         if out.run_id and rec.get("variants"):
-            from veloready_pipeline.registry import log_export_variants
+            from veloready_pipeline.registry import configure_mlflow, log_export_variants
 
-            log_export_variants(settings, out.run_id, rec)
+            client = client or configure_mlflow(settings)
+            log_export_variants(settings, out.run_id, rec, client=client)
         atomic_write_text(record_path, json.dumps(rec, indent=2, default=str))
         records[key] = rec
     return records
+
+
+def export_one(result: ModelResult, folder: Path, name: str,
+               settings: Settings) -> dict[str, Any]:
+    """Export one registered model's files; an error comes back as ``{"error": ...}``."""
+    try:
+        if result.family == "recovery":
+            return export_recovery(result, folder, name)
+        from veloready_pipeline.models.nets import export_net
+
+        return export_net(result, folder, name, settings)
+    except Exception as exc:  # noqa: BLE001 - recorded; the model is not shipped
+        return {"family": result.family, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _export_star(job: tuple[ModelResult, Path, str, Settings]) -> dict[str, Any]:
+    return export_one(*job)
+
+
+def _quiet_threads(torch_threads: int) -> None:
+    # Few threads per export process (read by torch/OpenMP when first imported): the
+    # conversions are small, extra threads only spin against the other processes.
+    import os
+
+    os.environ["OMP_NUM_THREADS"] = str(torch_threads)
+
+
+MIN_EXPORTS_PER_PROCESS = 4  # below this, starting processes costs more than it saves
+
+
+def _run_exports(jobs: list[tuple[ModelResult, Path, str, Settings]],
+                 settings: Settings) -> list[dict[str, Any]]:
+    """Run `export_one` for every job, in local processes when that pays; same order."""
+    workers = min(settings.execution.local_workers, len(jobs) // MIN_EXPORTS_PER_PROCESS)
+    if workers <= 1:
+        return [_export_star(job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    out: list[dict[str, Any]] = []
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_quiet_threads,
+                                 initargs=(settings.execution.torch_threads,)) as pool:
+            for rec in pool.map(_export_star, jobs):
+                out.append(rec)
+    except BrokenProcessPool:
+        # A process died (e.g. killed for memory): finish the rest here, one by one.
+        out += [_export_star(job) for job in jobs[len(out):]]
+    return out
 
 
 def _champion_record(settings: Settings, family: str, athlete_id: str,

@@ -269,15 +269,24 @@ def register_results(
         score_fn: loss of a model on ``result.test_X/test_y`` (lower is better); used
             to re-score the current champion on the new test part.
         plot_fn: writes a residual plot for a result into a folder and returns its path.
+
+    On a store that takes several writers (PostgreSQL, MySQL, an MLflow server) and
+    with ``execution.local_workers`` > 1, the results are registered by that many
+    local processes at once (in contiguous shards; outcomes come back in order). On
+    SQLite (the embedded default) one process writes.
     """
-    client = configure_mlflow(settings)
+    results = [r for r in results if r.status == "trained"]
+    client = configure_mlflow(settings)  # schema + experiment before any worker starts
+    workers = _registry_workers(settings, len(results))
+    if workers > 1:
+        return _register_in_processes(results, settings, workers, data_hash=data_hash,
+                                      lineage=lineage, score_fn=score_fn, plot_fn=plot_fn,
+                                      workdir=workdir)
     seen = _existing_runs(client, data_hash)
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     context_tags = resolve_tags({})  # user, source, git commit: resolved once per call
     outcomes: list[RegistryOutcome] = []
     for result in results:
-        if result.status != "trained":
-            continue
         fp = fingerprint(result, settings, data_hash)
         out = RegistryOutcome(result.athlete_id, result.family)
         name = registered_name(settings, result.family, result.athlete_id)
@@ -346,6 +355,39 @@ def register_results(
                 out.decision = "gate failed: " + (verdict.reason() if verdict else result.reason)
         outcomes.append(out)
     return outcomes
+
+
+MIN_RESULTS_PER_WRITER = 20  # below this, starting a process costs more than it saves
+
+
+def _registry_workers(settings: Settings, n_results: int) -> int:
+    """How many processes may write to the tracking store at once (1 on SQLite)."""
+    uri = settings.mlflow_tracking_uri()
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        return 1
+    return max(1, min(settings.execution.local_workers, n_results // MIN_RESULTS_PER_WRITER))
+
+
+def _register_shard(args: tuple[list[ModelResult], Settings, dict[str, Any]]
+                    ) -> list[RegistryOutcome]:
+    results, settings, kwargs = args
+    one_writer = settings.model_copy(update={
+        "execution": settings.execution.model_copy(update={"local_workers": 1})})
+    return register_results(results, one_writer, **kwargs)
+
+
+def _register_in_processes(results: list[ModelResult], settings: Settings, workers: int,
+                           **kwargs: Any) -> list[RegistryOutcome]:
+    """`register_results` over contiguous shards in ``workers`` local processes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = -(-len(results) // workers)
+    shards = [results[i : i + size] for i in range(0, len(results), size)]
+    with ProcessPoolExecutor(len(shards),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(_register_shard, [(shard, settings, kwargs) for shard in shards]))
+    return [o for part in parts for o in part]
 
 
 @contextmanager
@@ -526,9 +568,10 @@ def log_report(settings: Settings, folder: Path, flow_run_id: str) -> str:
         return str(run.info.run_id)
 
 
-def log_export_variants(settings: Settings, run_id: str, record: dict[str, Any]) -> None:
+def log_export_variants(settings: Settings, run_id: str, record: dict[str, Any],
+                        client: MlflowClient | None = None) -> None:
     """Record each exported variant's size and gate-metric change on the model's run."""
-    client = configure_mlflow(settings)
+    client = client or configure_mlflow(settings)
     metrics = []
     for variant, info in record["variants"].items():
         metrics.append(Metric(f"export_{variant}_size_bytes", float(info["size_bytes"]), 0, 0))
