@@ -49,11 +49,11 @@ def train_family_chunk(family: str, chunk_no: int, frame: pd.DataFrame, athlete_
 def register_models(results: list[ModelResult], settings: Settings, data_hash: str,
                     lineage: dict[str, str], workdir: Path) -> list[Any]:
     """Log every model run to MLflow, register passing ones, move `champion` (one writer)."""
-    from veloready_pipeline.plots import plot_residuals
-    from veloready_pipeline.registry import register_results
+    from veloready_pipeline.registry import register_results, residual_svg
 
+    # Residual plots as hand-written SVG (the MLflow UI previews it) for every model.
     return register_results(results, settings, data_hash=data_hash, lineage=lineage,
-                            score_fn=pipeline.score_model, plot_fn=plot_residuals,
+                            score_fn=pipeline.score_model, plot_fn=residual_svg,
                             workdir=workdir)
 
 

@@ -634,17 +634,47 @@ def compress_mlmodel(mlmodel: Any, variant: str) -> Any:
         op_config: Any = cto.OpLinearQuantizerConfig(
             mode="linear_symmetric", dtype="int8", granularity="per_channel",
             weight_threshold=WEIGHT_THRESHOLD)
-        compress = cto.linear_quantize_weights
+        pass_name, options = "compression::linear_quantize_weights", {"joint_compression": False}
     elif variant == "palette4":
         op_config = cto.OpPalettizerConfig(mode="kmeans", nbits=4, granularity="per_tensor",
                                            weight_threshold=WEIGHT_THRESHOLD)
-        compress = cto.palettize_weights
+        pass_name, options = "compression::palettize_weights", {}
     else:
         raise ValueError(f"unknown Core ML variant {variant!r}; expected one of "
                          f"{COREML_VARIANTS}")
     config = cto.OptimizationConfig(global_config=op_config, op_name_configs=skip)
     with _quiet():
-        return compress(mlmodel, config)
+        return _apply_compression(mlmodel, pass_name, {"config": config, **options})
+
+
+def _apply_compression(mlmodel: Any, pass_name: str, options: dict[str, Any]) -> Any:
+    """``cto.linear_quantize_weights`` / ``palettize_weights`` with a cleanup-only pipeline.
+
+    The public functions run coremltools' whole default pass pipeline (~100 graph
+    passes, ~1 s for a tiny net) again on a program that `convert_torch_mlmodel` already
+    optimised; the compression pass only swaps const weights for ``constexpr_*``
+    dequantize ops, so the cleanup passes (dead code, const elimination, casts) are all
+    the re-conversion needs. Same pass, same options, same ``constexpr`` ops in the
+    package; `quantize.read_back_state_dict` re-reads every saved package anyway.
+    """
+    ct = _ct()
+    from coremltools.converters.mil.converter import mil_convert
+    from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+    from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipeline
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
+    from coremltools.models import utils as ct_utils
+
+    graph_pass = PASS_REGISTRY[pass_name]
+    graph_pass.set_options([PassOption(k, v) for k, v in options.items()])
+    prog = ct_utils._apply_graph_pass(mlmodel, graph_pass, return_pymil_prog=True)
+    spec = mlmodel.get_spec()
+    return mil_convert(
+        prog, convert_to="mlprogram", convert_from="milinternal",
+        specification_version=max(spec.specificationVersion,
+                                  ct._SPECIFICATION_VERSION_IOS_16),
+        compute_units=mlmodel.compute_unit, model_description=spec.description,
+        skip_model_load=True, pass_pipeline=PassPipeline.CLEANUP,
+    )
 
 
 def _save_package(mlmodel: Any, dest: Path, short: str, metadata: dict[str, str]) -> None:
