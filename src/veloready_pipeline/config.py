@@ -144,10 +144,10 @@ class TuningSettings(BaseModel):
         default=60, ge=5, le=10_000, description="epochs cap of an injury-LSTM fine-tune trial"
     )
     population_max_epochs: int = Field(
-        default=200, ge=5, le=10_000, description="epochs cap of a population network fit"
+        default=100, ge=5, le=10_000, description="epochs cap of a population network fit"
     )
     net_patience: int = Field(
-        default=20, ge=1, le=10_000, description="epochs without validation gain before stop"
+        default=10, ge=1, le=10_000, description="epochs without validation gain before stop"
     )
     net_eval_every: int = Field(
         default=5, ge=1, le=1000, description="epochs per validation check / pruning report"
