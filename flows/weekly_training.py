@@ -6,7 +6,8 @@ Stages (each a Prefect task over chunks of athletes):
 2. validate    - Great Expectations; bad athletes quarantined with a report
 3. train       - per family and chunk: features, 70/15/15 time split, Optuna, fit, gate
 4. register    - MLflow runs for every model; passing ones registered; champion moves
-                 only when it beats the current one on the same test data
+                 only when it beats the current one on the same test data (each chunk
+                 as soon as it is trained, while the workers train the next ones)
    review      - every new passing version is a `challenger`; with review_mode manual the
                  run pauses for a reviewer (Prefect UI form or `veloready registry review`)
 5. export      - Core ML (+ quantized variants for networks) and ONNX of new versions
@@ -20,6 +21,7 @@ import datetime as dt
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +47,28 @@ from veloready_pipeline.config import Family, Settings, load_settings
 from veloready_pipeline.results import ModelResult
 
 
+@dataclass
+class RegistryArgs:
+    """What registering a chunk needs besides its results (lineage of the whole run)."""
+
+    data_hash: str
+    lineage: dict[str, str]
+    workdir: Path
+
+
 @flow(name="train-athlete-chunks")
 def train_chunks(frame: Any, families: list[str], settings: Settings,
                  warm_starts: dict[str, dict[str, dict[str, Any]]] | None = None,
-                 progress: bool = True) -> list[ModelResult]:
-    """Stage 3: one task per family and chunk of athletes, run on the configured runner.
+                 progress: bool = True, registry: RegistryArgs | None = None,
+                 ) -> tuple[list[ModelResult], list[Any]]:
+    """Stages 3-4: one training task per family and chunk, each chunk registered when done.
 
-    ``frame`` may come wrapped in `pipeline.AthleteRows` so the sub-flow's parameters
-    (sent to the Prefect API) hold the table's size, not its rows.
+    Training tasks run on the configured runner (Dask workers or a thread); as each
+    chunk comes back, this flow's own process logs and registers it in MLflow (one
+    writer, safe on SQLite) while the workers train the next chunks, so the registry
+    costs no wall time of its own. ``frame`` may come wrapped in `pipeline.AthleteRows`
+    so the sub-flow's parameters (sent to the Prefect API) hold the table's size, not
+    its rows. Without ``registry`` nothing is registered (outcomes are empty).
     """
     if isinstance(frame, pipeline.AthleteRows):
         frame = frame.frame
@@ -64,16 +80,25 @@ def train_chunks(frame: Any, families: list[str], settings: Settings,
             rows = frame[frame["athlete_id"].isin(chunk)]
             futures.append(train_family_chunk.submit(
                 family, no, rows, chunk, settings, (warm_starts or {}).get(family)))
+    # Chunks arrive one at a time: register each in this process (parallel registry
+    # writers would only fight the training workers for the same cores).
+    one_writer = settings.model_copy(update={
+        "execution": settings.execution.model_copy(update={"local_workers": 1})})
     results: list[ModelResult] = []
+    outcomes: list[Any] = []
     bar = tqdm(total=len(ids) * len(families), desc="athlete models", unit="model",
                file=sys.stderr, disable=not progress)
     for fut in as_completed(futures):
         chunk_results = fut.result()
         results.extend(chunk_results)
+        if registry is not None:
+            outcomes.extend(register_models(chunk_results, one_writer, registry.data_hash,
+                                            registry.lineage, registry.workdir))
         bar.update(len(chunk_results))
     bar.close()
     results.sort(key=lambda r: (r.athlete_id, r.family))
-    return results
+    outcomes.sort(key=lambda o: (o.athlete_id, o.family))
+    return results, outcomes
 
 
 @flow(name="weekly-training", log_prints=True)
@@ -113,12 +138,7 @@ def weekly_training(
     logger.info("validated %d athletes: %d quarantined, %d training", outcome.n_athletes,
                 len(outcome.quarantined), frame["athlete_id"].nunique())
 
-    runner = make_task_runner(settings)
-    results = train_chunks.with_options(task_runner=runner)(
-        pipeline.AthleteRows.of(frame), fams, settings, None, progress)
-
     run_id = str(flow_run.get_id() or "local")
-    workdir = settings.resolve(settings.paths.reports_dir) / "plots" / run_id
     lineage = {
         "prefect_flow_run_id": run_id,
         "source": ingested.source,
@@ -126,7 +146,11 @@ def weekly_training(
         "as_of": as_of or "",
     }
     digest = pipeline.data_digest(frame) if len(frame) else "empty"
-    outcomes = register_models(results, settings, digest, lineage, workdir)
+    registry = RegistryArgs(digest, lineage,
+                            settings.resolve(settings.paths.reports_dir) / "plots" / run_id)
+    runner = make_task_runner(settings)
+    results, outcomes = train_chunks.with_options(task_runner=runner)(
+        pipeline.AthleteRows.of(frame), fams, settings, None, progress, registry)
     outcomes = review_challengers(outcomes, settings)
     exports = export_models(0, results, shippable_outcomes(outcomes), settings)
     manifests = publish_ota(exports, outcomes, settings)
