@@ -121,11 +121,51 @@ def test_zone_split_cuts_on_test_days_and_keeps_order() -> None:
     assert not ds.skip_reason
     tr, va, te = ds.train_idx, ds.val_idx, ds.test_idx
     assert tr.max() < va.min() <= va.max() < te.min()
-    assert np.array_equal(np.concatenate([tr, va, te]), np.arange(len(ds.y)))
+    # Train and validation are every labelled day up to the cut, in order.
+    assert np.array_equal(np.concatenate([tr, va]), np.arange(va[-1] + 1))
     # The validation part ends on a test day, and the test part ends on the last one.
-    assert ds.measured[va[-1]] and ds.measured[te[-1]]
+    assert ds.measured[va[-1]] and te[-1] == len(ds.y) - 1
     # Baseline = last test before the day = the anchor input.
     np.testing.assert_allclose(ds.baseline, ds.X[:, FEATURE_NAMES_ZONES.index("last_test_ftp_w")])
+
+
+def test_zone_test_rows_are_the_measured_tests_of_the_test_part_only() -> None:
+    frame = net_athlete(seed=1, days=180, test_every=12)
+    ds = make_zone_dataset(frame)
+    assert not ds.skip_reason
+    te = ds.test_idx
+    assert len(te) >= 2 and ds.measured[te].all()
+    # Every measured day after the cut is a test row; interpolated days there are in
+    # no part at all (neither trained on nor scored).
+    after = np.arange(ds.val_idx[-1] + 1, len(ds.y))
+    np.testing.assert_array_equal(te, after[ds.measured[after]])
+    unused = np.setdiff1d(np.arange(len(ds.y)), np.r_[ds.train_idx, ds.val_idx, te])
+    assert len(unused) > 0 and not ds.measured[unused].any()
+    # A test row's label is that day's measurement, its baseline the test before.
+    tests = frame.set_index("date")["ftp_test_w"].dropna()
+    for i in te:
+        day = pd.Timestamp(ds.dates[i])
+        assert ds.y[i, 0] == pytest.approx(tests[day])
+        assert ds.baseline[i] == pytest.approx(tests[tests.index < day].iloc[-1])
+
+
+def test_zone_adapted_ctl_change_follows_load_with_a_lag() -> None:
+    # Constant load, then a step up the day after the second test.
+    days = 120
+    frame = net_athlete(seed=6, days=days, test_every=30)
+    test_days = np.flatnonzero(frame["ftp_test_w"].notna().to_numpy())
+    frame["tss"] = np.where(np.arange(days) > test_days[1], 120.0, 50.0)
+    X, _, dates = build_zone_dataset(frame)
+    raw = X[:, FEATURE_NAMES_ZONES.index("ctl_change_since_test")]
+    adapted = X[:, FEATURE_NAMES_ZONES.index("adapted_ctl_change_since_test")]
+    day_no = (dates - np.datetime64(frame["date"].iloc[0].date())).astype(int)
+    flat = (day_no > test_days[0]) & (day_no <= test_days[1] + 1)
+    np.testing.assert_allclose(raw[flat], 0.0, atol=1e-9)
+    np.testing.assert_allclose(adapted[flat], 0.0, atol=1e-9)
+    # After the step both rise, the adapted one later (it lags the load).
+    rising = (day_no > test_days[1] + 2) & (day_no <= test_days[2])
+    assert (raw[rising] > 0).all() and (adapted[rising] > 0).all()
+    assert (adapted[rising] < raw[rising]).all()
 
 
 def test_zone_labels_before_the_test_part_never_use_a_test_part_measurement() -> None:
@@ -186,7 +226,8 @@ def test_injury_dataset_shapes_and_label() -> None:
     events = frame.set_index("date")["injury"]
     for k in (0, 30, len(y) - 1):
         day = pd.Timestamp(dates[k])
-        ahead = events[(events.index > day) & (events.index <= day + pd.Timedelta(days=3))]
+        ahead = events[(events.index > day)
+                       & (events.index <= day + pd.Timedelta(days=INJURY_HORIZON))]
         assert y[k] == float(ahead.max() > 0)
     # Windows end at day 13 at the earliest and leave `horizon` days of future.
     assert dates[0] == np.datetime64("2026-01-14")
@@ -213,6 +254,29 @@ def test_injury_split_has_an_embargo_and_no_nan() -> None:
     gap_tv = (ds.dates[ds.val_idx[0]] - ds.dates[ds.train_idx[-1]]).astype(int)
     gap_vt = (ds.dates[ds.test_idx[0]] - ds.dates[ds.val_idx[-1]]).astype(int)
     assert gap_tv > INJURY_HORIZON and gap_vt > INJURY_HORIZON
+
+
+def test_injury_label_is_an_onset_within_the_next_week() -> None:
+    assert INJURY_HORIZON == 7
+    frame = net_athlete(days=100, seed=1)
+    frame["injury"] = 0.0
+    frame.loc[60, "injury"] = 1.0  # one onset, on day 60
+    _, y, dates = build_injury_dataset(frame)
+    onset = np.datetime64(frame.loc[60, "date"].date())
+    lead = (onset - dates).astype(int)  # days from the row's end to the onset
+    assert (y[(lead >= 1) & (lead <= 7)] == 1).all() and ((lead >= 1) & (lead <= 7)).sum() == 7
+    # Negatives: 8+ days ahead (too early to warn), the onset day itself and after.
+    assert (y[(lead > 7) | (lead <= 0)] == 0).all()
+
+
+def test_injury_label_needs_every_day_of_the_horizon_recorded() -> None:
+    frame = net_athlete(days=100, seed=1)
+    frame["injury"] = 0.0
+    frame.loc[70, "injury"] = np.nan  # no report that day: the 7 rows before are unknown
+    _, _, dates = build_injury_dataset(frame)
+    gap = np.datetime64(frame.loc[70, "date"].date())
+    lead = (gap - dates).astype(int)
+    assert not ((lead >= 1) & (lead <= 7)).any() and (lead == 8).any() and (lead == 0).any()
 
 
 def test_days_since_injury_counts_from_the_onset() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from veloready_pipeline.config import load_settings
+from veloready_pipeline.config import GateThresholds, load_settings
 from veloready_pipeline.features_nets import FEATURE_NAMES_INJURY, make_injury_dataset
 from veloready_pipeline.models.batched import (
     BatchedLSTM,
@@ -21,12 +21,14 @@ from veloready_pipeline.models.batched import (
 from veloready_pipeline.models.injury import (
     InjuryLSTM,
     brier,
+    count_onsets,
     pooled_injury_metrics,
     predict_risk,
     risk_category,
     safe_auroc,
     train_injury_models,
 )
+from veloready_pipeline.models.nets import injury_verdict
 from veloready_pipeline.simulate import simulate_athletes
 
 N_FEAT = len(FEATURE_NAMES_INJURY)
@@ -139,8 +141,77 @@ def test_pooled_metrics_concatenate_test_parts() -> None:
     skipped = FamilyResult("c", "injury", "skipped")
     m = pooled_injury_metrics([r1, r2, skipped])
     assert m["pooled_auroc"] == 1.0 and m["pooled_n_rows"] == 4 and m["pooled_n_events"] == 1
+    assert m["pooled_n_onsets"] == 1
     assert m["pooled_brier"] == pytest.approx(np.mean([0.01, 0.01, 0.04, 0.09]))
     assert m["pooled_base_rate_brier"] == pytest.approx(np.mean([0.25, 0.25, 0.01, 0.01]))
+
+
+def test_count_onsets_counts_runs_of_positive_rows() -> None:
+    assert count_onsets(np.array([])) == 0
+    assert count_onsets(np.zeros(10)) == 0
+    assert count_onsets(np.array([1, 1, 1, 0, 0, 1, 1, 0])) == 2
+    assert count_onsets(np.array([1.0, 0.0, 0.0, 1.0])) == 2  # a run at either edge counts
+
+
+GATE = GateThresholds(auroc_min=0.75, min_events=10)
+# One athlete with an event in the test part, and a batch where the family ranks well.
+OWN = {"brier": 0.05, "auroc": 0.82}
+OWN_BASE = {"base_rate_brier": 0.06, "warning_score_auroc": 0.70}
+POOLED = {"pooled_auroc": 0.80, "pooled_warning_score_auroc": 0.65, "pooled_n_onsets": 14.0}
+
+
+def _failed(metrics: dict, baselines: dict, pooled: dict) -> list[str]:
+    return [c.name for c in injury_verdict(metrics, baselines, pooled, GATE).failures]
+
+
+def test_injury_verdict_passes_a_model_better_than_every_baseline() -> None:
+    v = injury_verdict(OWN, OWN_BASE, POOLED, GATE)
+    assert v.passed, v.reason()
+    assert {c.name for c in v.checks} == {
+        "beats base_rate_brier", "pooled test events", "pooled auroc",
+        "beats pooled warning_score_auroc", "beats own warning_score_auroc"}
+
+
+@pytest.mark.parametrize(("metrics", "baselines", "pooled", "failed"), [
+    # Not better calibrated than the athlete's own base rate (a tie is not better).
+    ({**OWN, "brier": 0.07}, OWN_BASE, POOLED, ["beats base_rate_brier"]),
+    ({**OWN, "brier": 0.06}, OWN_BASE, POOLED, ["beats base_rate_brier"]),
+    # Too few events in the batch's test parts for any AUROC to be evidence.
+    (OWN, OWN_BASE, {**POOLED, "pooled_n_onsets": 9.0}, ["pooled test events"]),
+    # The family does not rank well enough, or no better than the rule.
+    (OWN, OWN_BASE, {**POOLED, "pooled_auroc": 0.74}, ["pooled auroc"]),
+    (OWN, OWN_BASE, {**POOLED, "pooled_warning_score_auroc": 0.80},
+     ["beats pooled warning_score_auroc"]),
+    # The athlete's own event is ranked no better than the warning-sign score ranks it.
+    ({**OWN, "auroc": 0.70}, OWN_BASE, POOLED, ["beats own warning_score_auroc"]),
+    # Anything missing or NaN fails, it never passes by default.
+    ({}, {}, {}, ["beats base_rate_brier", "pooled test events", "pooled auroc",
+                  "beats pooled warning_score_auroc"]),
+    ({**OWN, "auroc": float("nan")}, OWN_BASE, POOLED, ["beats own warning_score_auroc"]),
+])
+def test_injury_verdict_fails_a_model_not_better_than_a_baseline(
+        metrics: dict, baselines: dict, pooled: dict, failed: list[str]) -> None:
+    assert _failed(metrics, baselines, pooled) == failed
+
+
+def test_injury_verdict_without_an_own_test_event_rests_on_calibration_and_the_batch() -> None:
+    no_event = {"brier": 0.002, "auroc": float("nan")}
+    base = {"base_rate_brier": 0.003, "warning_score_auroc": float("nan")}
+    v = injury_verdict(no_event, base, POOLED, GATE)
+    assert v.passed, v.reason()
+    assert "beats own warning_score_auroc" not in {c.name for c in v.checks}
+    # ... and it still fails when its own days are not better calibrated.
+    assert not injury_verdict({**no_event, "brier": 0.004}, base, POOLED, GATE).passed
+
+
+def test_injury_verdict_perfect_own_ranking_passes_a_perfect_rule() -> None:
+    assert injury_verdict({**OWN, "auroc": 1.0}, {**OWN_BASE, "warning_score_auroc": 1.0},
+                          POOLED, GATE).passed
+
+
+def test_injury_verdict_default_gate_is_strict() -> None:
+    gate = load_settings().gates["injury"]
+    assert gate.auroc_min == 0.75 and gate.min_events == 10 and gate.must_beat_baselines
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +236,7 @@ def test_train_injury_models_end_to_end(injury_results: tuple[dict, dict]) -> No
         assert r.test_pred.shape == (len(ds.test_idx),)
         assert np.all((r.test_pred >= 0) & (r.test_pred <= 100))
         np.testing.assert_allclose(predict_risk(r.model, ds.X[ds.test_idx]), r.test_pred)
-        assert {"auroc", "brier", "n_test_events"} <= set(r.metrics)
+        assert {"auroc", "brier", "n_test_events", "n_test_onsets"} <= set(r.metrics)
         assert {"warning_score_auroc", "base_rate_brier"} == set(r.baselines)
         assert 0 <= r.metrics["brier"] <= 1
         assert r.extra["batch"]["population_fits"] >= 1

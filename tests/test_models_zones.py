@@ -225,10 +225,60 @@ def test_label_names_match_outputs() -> None:
 
 
 def test_warm_start_is_tried_first_and_invalid_values_dropped(zone_datasets: dict) -> None:
-    warm = {aid: {"hidden": 48, "lr": 0.001, "prior_strength": 99.0, "trial": 4}
+    warm = {aid: {"hidden": 80, "lr": 0.001, "prior_strength": 99.0, "trial": 4}
             for aid in zone_datasets}
     results = train_zone_models(zone_datasets, _settings(n_trials=2), warm_starts=warm)
     trained = next(r for r in results.values() if r.status == "trained")
     first = trained.extra["batch"]["trials"][0]["params"]
-    assert first["hidden"] == 48 and first["lr"] == 0.001
+    assert first["hidden"] == 80 and first["lr"] == 0.001
     assert first["prior_strength"] != 99.0  # outside this week's range: sampled instead
+
+
+def _last_test_net(n_in: int = N_FEAT) -> ZoneMLP:
+    """A zone net whose output is exactly "FTP stays at the last test" (zero change)."""
+    m = ZoneMLP(n_in, 64)
+    with torch.no_grad():
+        m.net[-1].weight.zero_()
+        m.net[-1].bias.zero_()
+    return m.eval()
+
+
+def test_zone_gate_scores_only_measured_ftp_tests(zone_datasets: dict) -> None:
+    ds = next(d for d in zone_datasets.values() if not d.skip_reason)
+    te = ds.test_idx
+    assert ds.measured[te].all()
+    metrics, baselines, pred = evaluate_zone_model(ds, _last_test_net())
+    assert metrics["n_measured"] == len(te)
+    # The last-test net *is* the baseline, on the same rows.
+    np.testing.assert_allclose(pred[:, 0], ds.baseline[te], rtol=1e-5)
+    assert metrics["rmse"] == pytest.approx(baselines["last_test_rmse"], rel=1e-4)
+    # ... and those rows are measurements: the error is test minus previous test.
+    err = ds.baseline[te] - ds.y[te, 0]
+    assert baselines["last_test_mae"] == pytest.approx(np.mean(np.abs(err)), rel=1e-5)
+    assert not any(k.endswith("_measured") and k != "n_measured" for k in metrics)
+
+
+def test_quantized_zone_packages_are_at_most_half_the_float_one(tmp_path) -> None:
+    """The real export of a zone net at the smallest width the search space can pick:
+    both quantized packages at most half the float32 package (wider nets only do
+    better, the package's fixed part weighs less)."""
+    from veloready_pipeline.config import load_settings
+    from veloready_pipeline.export.coreml import export_torch
+
+    widths = load_settings().tuning.spaces["zones"].params["hidden"]
+    rng = np.random.default_rng(0)
+    x, _ = _raw_rows(rng, 32)
+    torch.manual_seed(0)
+    m = ZoneMLP(N_FEAT, int(min(widths)))
+    with torch.no_grad():
+        f = m.features(torch.from_numpy(x))
+        m.x_mean.copy_(f.mean(0))
+        m.x_std.copy_(f.std(0) + 1e-3)
+        m.y_std.fill_(0.02)
+    m.eval()
+    sample = torch.from_numpy(x)
+    arts = export_torch(m, sample[:1], tmp_path, "zones", "features", ["zones"],
+                        variants=("float32", "linear8", "palette4"), sample=sample)
+    full = arts["float32"].size_bytes
+    for variant in ("linear8", "palette4"):
+        assert arts[variant].size_bytes <= 0.5 * full, (variant, arts[variant].size_bytes, full)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -212,8 +213,16 @@ def _log_model(client: MlflowClient, run_id: str, result: ModelResult) -> str:
         if result.model_kind == "xgboost":
             mlflow.xgboost.save_model(result.model, path, pip_requirements=reqs)
         else:
-            mlflow.pytorch.save_model(result.model, path, pip_requirements=reqs,
-                                      serialization_format="pickle")
+            # Pickle on purpose (a plain state of a small module that our own code
+            # loads); its per-model logged warning would bury the run's log.
+            torch_log = logging.getLogger("mlflow.pytorch")
+            level = torch_log.level
+            torch_log.setLevel(logging.ERROR)
+            try:
+                mlflow.pytorch.save_model(result.model, path, pip_requirements=reqs,
+                                          serialization_format="pickle")
+            finally:
+                torch_log.setLevel(level)
         client.log_artifacts(run_id, path, "model")
     return f"{client.get_run(run_id).info.artifact_uri}/model"
 

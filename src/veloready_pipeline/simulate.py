@@ -10,7 +10,8 @@ What it models, per athlete (all hidden, returned in `SimulationResult.athletes`
 
 * a training plan: weekly template with rest days, 4-week build/recovery blocks, some
   very hard weeks (training camps) that push ACWR above 1.5, an occasional holiday break,
-  FTP tests every 4-6 weeks, and the time the athlete has each day;
+  FTP tests every 2-6 weeks (each athlete's own habit), and the time the athlete has
+  each day;
 * what was actually ridden: the plan with deviations, skipped days, illness, injury
   lay-offs and autoregulation on bad mornings; CTL/ATL/TSB with the recursion of
   `veloready_pipeline.load`;
@@ -21,8 +22,9 @@ What it models, per athlete (all hidden, returned in `SimulationResult.athletes`
   plus noise;
 * a latent FTP and W' that follow fitness (CTL) and detraining; ride best efforts at
   1 s ... 60 min from a power-duration curve, usually sub-maximal; FTP test labels;
-* injury events whose hazard rises with the design's warning signs, with a refractory
-  period and a lay-off after each event;
+* injury events whose hazard follows the athlete's strain, a ~1-week memory of the
+  design's warning signs (a load spike raises the risk over the following week), with
+  a raised risk after a return, a refractory period and a lay-off after each event;
 * missing data: wearable-off streaks (row kept, sensor values NaN), a few whole days
   absent, and sporadic single-sensor gaps.
 
@@ -49,6 +51,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from veloready_pipeline.features_nets import INJURY_HORIZON
 from veloready_pipeline.load import ATL_DAYS, CTL_DAYS
 from veloready_pipeline.schema import COLUMNS_BY_NAME, POWER_COLUMNS, POWER_DURATIONS_S
 
@@ -151,6 +154,7 @@ class _ProfileParams:
     sensor_gap_rate: float  # sporadic single-sensor gaps
     effort_sd: float  # per-duration spread of ride effort fractions
     ftp_test_sd: float  # relative FTP test measurement noise
+    ftp_test_every_days: tuple[int, int]  # range of the athletes' mean test intervals
 
 
 _PROFILE_PARAMS: dict[str, _ProfileParams] = {
@@ -188,6 +192,7 @@ _PROFILE_PARAMS: dict[str, _ProfileParams] = {
         sensor_gap_rate=0.01,
         effort_sd=0.03,
         ftp_test_sd=0.012,
+        ftp_test_every_days=(14, 42),
     ),
     "easy": _ProfileParams(
         hrv_fast_sd=0.08,
@@ -223,22 +228,41 @@ _PROFILE_PARAMS: dict[str, _ProfileParams] = {
         sensor_gap_rate=0.0,
         effort_sd=0.02,
         ftp_test_sd=0.008,
+        ftp_test_every_days=(14, 42),
     ),
 }
 
-# Injury hazard: log-hazard weights of the design's warning signs ...
-_INJURY_BASE = 0.009  # events per day with no warning sign
+# Injury/overtraining hazard. Overuse injuries and overreaching are not a coin flipped
+# against today's load: tissue damage and unresolved fatigue build up over days and
+# heal over days, and the sports-medicine finding behind the ACWR rule is that a load
+# spike raises the risk over the *following week* (Hulin et al. 2014/2016, Gabbett
+# 2016), while the strongest single risk factor for an injury is a recent previous one
+# (Hagglund et al. 2006). So each day's warning signs are a daily *insult* (log-hazard
+# units); the hazard follows the athlete's *strain*, the insult averaged over the last
+# ~`_INJURY_STRAIN_DAYS` days (exponential memory), plus a re-injury term after a return:
+#   log h = log(_INJURY_BASE * susceptibility) + strain + re-injury, 0 while refractory.
+# A one-day blip adds a seventh of its weight; a sign held for a week adds ~2/3 of it.
+# Calibration (realistic profile, 50 athletes x 180 days): ~2.8 events per athlete;
+# days with ACWR > 1.5 carry ~15x the event rate of the other days (as strong as the
+# earlier memoryless hazard: what changed is *when* the risk comes), days with any sign
+# ~10x; a rested athlete ~1 event in 500 days (crashes and bad luck that no warning
+# sign foretells). Insult weights were scaled x3 from the memoryless version because the
+# average over a week dilutes a short spike.
+_INJURY_BASE = 0.002  # events per day with no strain (susceptibility 1)
 _INJURY_WEIGHTS = {
-    "acwr": 1.0,  # ACWR > 1.5
-    "tsb": 1.0,  # TSB < -20 for more than 7 days
-    "hrv": 0.5,  # HRV 7-day mean down > 10 % on the week before
-    "rhr": 0.5,  # RHR 7-day mean up > 5 % on the week before
-    "sleep": 0.7,  # sleep score < 70 for more than 3 days in a row
-    "ramp": 0.5,  # CTL up > 5 TSS/day in a week
+    "acwr": 3.0,  # ACWR > 1.5
+    "tsb": 3.0,  # TSB < -20 for more than 7 days
+    "hrv": 1.5,  # HRV 7-day mean down > 10 % on the week before
+    "rhr": 1.5,  # RHR 7-day mean up > 5 % on the week before
+    "sleep": 2.1,  # sleep score < 70 for more than 3 days in a row
+    "ramp": 1.5,  # CTL up > 5 TSS/day in a week
 }
 # ... plus graded terms, so risk climbs before a sign trips and ranking is learnable.
-_INJURY_ACWR_SLOPE = 2.0  # log-hazard per unit of ACWR above 1.1
-_INJURY_TSB_SLOPE = 0.03  # log-hazard per TSB point below -10
+_INJURY_ACWR_SLOPE = 6.0  # daily insult per unit of ACWR above 1.1 (capped at 2.6)
+_INJURY_TSB_SLOPE = 0.09  # daily insult per TSB point below -10 (capped at -50)
+_INJURY_STRAIN_DAYS = 7.0  # time constant of the strain (the insult's memory)
+_INJURY_REINJURY = 1.0  # extra log-hazard on return from an injury (x2.7) ...
+_INJURY_REINJURY_DAYS = 30.0  # ... fading with this time constant after the refractory
 _INJURY_REFRACTORY_DAYS = 21
 _INJURY_LAYOFF_DAYS = (5, 15)
 
@@ -256,7 +280,11 @@ class SimulationResult:
             athlete), next to ``recovery_sd`` and ``recovery_r2_ceiling_median_athlete``;
             ``ftp_rmse_w`` is the FTP test noise against latent FTP;
             ``injury_auroc_oracle`` (``_at_risk``: outside refractory periods) is the
-            AUROC of the true daily hazard; ``injury_events_per_athlete``.
+            AUROC of the true daily hazard for a same-day event;
+            ``injury_auroc_oracle_horizon`` the AUROC of the simulator's own forecast
+            from the hidden state for the injury family's label (an onset within
+            `features_nets.INJURY_HORIZON` days);
+            ``injury_events_per_athlete``.
         profile: ``realistic`` or ``easy``.
         seed: the seed the run was drawn from.
         latent: hidden daily truth per athlete-day (latent FTP, W', CTL/ATL/TSB/ACWR,
@@ -353,9 +381,20 @@ def _draw_plan(
     )
     dtype = np.where(in_break, REST, dtype)
 
-    # FTP tests every 4-6 weeks, on a day that was going to be a ride.
-    gaps = rng.integers(28, 43, (n, days // 28 + 2))
-    first = rng.integers(3, 31, (n, 1))
+    # FTP tests on a day that was going to be a ride, at each athlete's own habit: a
+    # mean interval drawn once per athlete from `ftp_test_every_days`, +-3 days.
+    # Why a spread, not everyone at 4-6 weeks: riders of indoor-training apps do a short
+    # ramp test every 2-3 weeks (it replaces a workout and costs little), others do a
+    # classic 20-min test every 5-6 weeks. Nobody here tests more often than every ~2
+    # weeks: FTP moves ~1 % a month, about a test's own noise, so a weekly test would
+    # mostly measure noise and cost a hard day each time. A planned test that is not
+    # ridden as planned (ill, injured, skipped) leaves no FTP value and is not moved.
+    # The habit also sets how many measured FTP labels a rider has: the zone gate
+    # scores measured tests only (`features_nets`).
+    lo, hi = prof.ftp_test_every_days
+    habit = rng.integers(lo, hi + 1, (n, 1))
+    gaps = np.maximum(habit + rng.integers(-3, 4, (n, days // max(lo - 3, 1) + 2)), 7)
+    first = np.minimum(rng.integers(3, 31, (n, 1)), habit)
     test_days = np.cumsum(np.concatenate([first, gaps[:, 1:]], axis=1), axis=1)
     for k in range(test_days.shape[1]):
         d = test_days[:, k]
@@ -621,7 +660,8 @@ def _run_days(
     """
     n, T = plan["planned"].shape
     keys = ("hrv", "rhr", "sleep_score", "sleep_hours", "recovery", "alcohol", "ill",
-            "ill_sev", "tss", "ctl", "atl", "tsb", "ftp", "w_prime", "hazard", "injury")
+            "ill_sev", "tss", "ctl", "atl", "tsb", "ftp", "w_prime", "hazard", "injury", "strain",
+            "risk_ahead")
     out = {k: np.zeros((n, T)) for k in keys}
     out.update({f"sign_{k}": np.zeros((n, T), dtype=bool) for k in _INJURY_WEIGHTS})
     out["expected_next"] = np.full((n, T), np.nan)
@@ -642,6 +682,7 @@ def _run_days(
     }
     tsb_streak, sleep_streak = np.zeros(n), np.zeros(n)
     since_injury, layoff_left = np.full(n, 10_000.0), np.zeros(n)
+    strain = np.zeros(n)  # the injury insult's exponential memory (log-hazard units)
     alpha_ctl, alpha_atl = 1.0 / CTL_DAYS, 1.0 / ATL_DAYS
     alpha_base = 1.0 / prof.baseline_days
 
@@ -694,16 +735,23 @@ def _run_days(
                                                                              t - 7, 7)
             signs["rhr"] = _window_mean(out["rhr"], t, 7) > 1.05 * _window_mean(out["rhr"],
                                                                               t - 7, 7)
-        log_h = np.log(_INJURY_BASE * p["injury_susceptibility"])
+        insult = np.zeros(n)
         for k, w in _INJURY_WEIGHTS.items():
-            log_h = log_h + w * signs[k]
+            insult = insult + w * signs[k]
             out[f"sign_{k}"][:, t] = signs[k]
-        log_h = log_h + _INJURY_ACWR_SLOPE * np.clip(acwr - 1.1, 0, 1.5)
-        log_h = log_h + _INJURY_TSB_SLOPE * np.clip(-10 - st["tsb"], 0, 40)
+        insult = insult + _INJURY_ACWR_SLOPE * np.clip(acwr - 1.1, 0, 1.5)
+        insult = insult + _INJURY_TSB_SLOPE * np.clip(-10 - st["tsb"], 0, 40)
+        strain = strain + (insult - strain) / _INJURY_STRAIN_DAYS
+        returned = np.maximum(since_injury - _INJURY_REFRACTORY_DAYS, 0.0)
+        reinjury = _INJURY_REINJURY * np.exp(-returned / _INJURY_REINJURY_DAYS)
+        log_h = np.log(_INJURY_BASE * p["injury_susceptibility"]) + strain + reinjury
+        out["strain"][:, t] = strain
         hazard = np.where(since_injury > _INJURY_REFRACTORY_DAYS, np.exp(log_h), 0.0)
         event = rng.random(n) < hazard
         out["hazard"][:, t], out["injury"][:, t] = hazard, event
         since_injury = np.where(event, 0, since_injury + 1)
+        out["risk_ahead"][:, t] = _injury_risk_ahead(strain, insult, since_injury,
+                                                     p["injury_susceptibility"])
         layoff_left = np.where(
             event, rng.integers(*_INJURY_LAYOFF_DAYS, n), np.maximum(layoff_left - 1, 0)
         )
@@ -842,9 +890,55 @@ def _compute_noise_floor(
         "ftp_rmse_w": ftp_rmse,
         "injury_auroc_oracle": _auroc(hazard[keep], injury[keep]),
         "injury_auroc_oracle_at_risk": _auroc(hazard[at_risk], injury[at_risk]),
+        "injury_auroc_oracle_horizon": _injury_horizon_oracle(sim["risk_ahead"], injury,
+                                                              keep),
         "injury_events_per_athlete": float(injury.sum() / n),
     }
     return floor, per_athlete
+
+
+def _injury_risk_ahead(strain: np.ndarray, insult: np.ndarray, since: np.ndarray,
+                       susceptibility: np.ndarray, horizon: int = INJURY_HORIZON
+                       ) -> np.ndarray:
+    """P(an injury starts on *t+1..t+horizon*) from the hidden end-of-day-*t* state.
+
+    The simulator's own forecast for the injury family's label: the strain carried
+    forward as if today's insult held for the next days (the loads still to come are
+    unknown on day *t*), with the refractory period and the re-injury term of those
+    days. ``since`` is the days-since-injury count after day *t* (0 after an onset).
+    """
+    survive = np.ones_like(strain)
+    s = strain
+    for k in range(1, horizon + 1):
+        s = s + (insult - s) / _INJURY_STRAIN_DAYS
+        since_k = since + (k - 1)  # the count that day's draw sees
+        returned = np.maximum(since_k - _INJURY_REFRACTORY_DAYS, 0.0)
+        log_h = (np.log(_INJURY_BASE * susceptibility) + s
+                 + _INJURY_REINJURY * np.exp(-returned / _INJURY_REINJURY_DAYS))
+        h = np.where(since_k > _INJURY_REFRACTORY_DAYS, np.minimum(np.exp(log_h), 1.0), 0.0)
+        survive = survive * (1.0 - h)
+    return 1.0 - survive
+
+
+def _injury_horizon_oracle(risk_ahead: np.ndarray, injury: np.ndarray, keep: np.ndarray,
+                           horizon: int = INJURY_HORIZON) -> float:
+    """AUROC of the simulator's own forecast (`_injury_risk_ahead`) for the family's label.
+
+    The label of day *t* is an onset on *t+1..t+horizon*
+    (`features_nets.INJURY_HORIZON`). Rows: days present with a full horizon ahead,
+    from day 13 on (a full 14-day window). The reference for the injury family's
+    AUROC: what the true hidden state ranks (a model that reads where the load is
+    heading can still beat it a little, the forecast holds today's insult fixed).
+    """
+    n, T = risk_ahead.shape
+    if T <= horizon + 13:
+        return float("nan")
+    ends = np.arange(13, T - horizon)
+    ahead = np.lib.stride_tricks.sliding_window_view(injury[:, 1:].astype(bool), horizon,
+                                                     axis=1)[:, ends]
+    label = ahead.any(axis=2)
+    rows = keep[:, ends]
+    return _auroc(risk_ahead[:, ends][rows], label[rows])
 
 
 def _latent_frame(
@@ -865,6 +959,8 @@ def _latent_frame(
         "acwr": (sim["atl"] / np.maximum(sim["ctl"], 1e-6)).ravel(),
         "ill": sim["ill"].astype(bool).ravel(),
         "injury_hazard": sim["hazard"].ravel(),
+        "injury_strain": sim["strain"].ravel(),
+        "injury_risk_ahead": sim["risk_ahead"].ravel(),
         "injury": sim["injury"].ravel(),
         **{k: sim[k].ravel() for k in sim if k.startswith("sign_")},
         "recovery_true": sim["recovery"].ravel(),

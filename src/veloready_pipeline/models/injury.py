@@ -114,6 +114,16 @@ def safe_auroc(y: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(y, score))
 
 
+def count_onsets(y: np.ndarray) -> int:
+    """Distinct events behind a run of labels in time order.
+
+    Each event makes the `features_nets.INJURY_HORIZON` rows before it positive, so a
+    run of consecutive positive rows is one event (events are >= 21 days apart).
+    """
+    y = np.asarray(y, dtype=float) > 0.5
+    return int(y[:1].sum() + np.sum(y[1:] & ~y[:-1]))
+
+
 def brier(y: np.ndarray, p: np.ndarray) -> float:
     """Mean squared error of probabilities (0-1) against 0/1 outcomes."""
     return float(np.mean((np.asarray(p, float) - np.asarray(y, float)) ** 2))
@@ -135,6 +145,7 @@ def evaluate_injury_model(ds: NetDataset, model: nn.Module) -> tuple[dict[str, f
         "auroc": safe_auroc(y, risk),
         "brier": brier(y, risk / 100.0),
         "n_test_events": float(y.sum()),
+        "n_test_onsets": float(count_onsets(y)),
         "test_event_rate": float(y.mean()) if len(y) else float("nan"),
     }
     baselines = {
@@ -150,12 +161,15 @@ def pooled_injury_metrics(results: Iterable[FamilyResult]) -> dict[str, float]:
     Per-athlete test parts hold too few events for a stable AUROC; pooling ranks every
     athlete's test days against every other's, which is also what the app's fixed
     thresholds (50 / 70) assume: a risk means the same thing for every rider.
+    ``pooled_n_events`` counts positive rows, ``pooled_n_onsets`` the distinct events
+    behind them (what the AUROC's uncertainty depends on).
     """
-    ys, risks, scores, rates = [], [], [], []
+    ys, risks, scores, rates, onsets = [], [], [], [], 0
     for r in results:
         if r.status != "trained" or r.test_y is None or r.test_pred is None:
             continue
         ys.append(np.asarray(r.test_y, float))
+        onsets += count_onsets(ys[-1])
         risks.append(np.asarray(r.test_pred, float))
         scores.append(np.asarray(r.test_baseline, float))
         rates.append(np.full(len(r.test_y), r.extra.get("train_event_rate", np.nan)))
@@ -170,6 +184,7 @@ def pooled_injury_metrics(results: Iterable[FamilyResult]) -> dict[str, float]:
         "pooled_base_rate_brier": brier(y, rate) if np.isfinite(rate).all() else float("nan"),
         "pooled_n_rows": float(len(y)),
         "pooled_n_events": float(y.sum()),
+        "pooled_n_onsets": float(onsets),
     }
 
 
