@@ -74,12 +74,23 @@ def train_chunks(frame: Any, families: list[str], settings: Settings,
         frame = frame.frame
     ids = sorted(frame["athlete_id"].astype(str).unique())
     chunks = pipeline.chunk_ids(ids, settings.execution.chunk_size)
-    futures = []
-    for family in families:
-        for no, chunk in enumerate(chunks):
+    jobs = iter([(family, no, chunk) for family in families
+                 for no, chunk in enumerate(chunks)])
+    in_flight: dict[Any, Any] = {}
+
+    def submit_next() -> None:
+        job = next(jobs, None)
+        if job is not None:
+            family, no, chunk = job
             rows = frame[frame["athlete_id"].isin(chunk)]
-            futures.append(train_family_chunk.submit(
-                family, no, rows, chunk, settings, (warm_starts or {}).get(family)))
+            in_flight[train_family_chunk.submit(
+                family, no, rows, chunk, settings, (warm_starts or {}).get(family))] = job
+
+    # A bounded window of chunks in flight: each submitted task carries its chunk's
+    # rows (here, in the scheduler and on a worker), so submitting all at once would
+    # hold the table once per family; with the window memory does not grow with N.
+    for _ in range(pipeline.max_in_flight(settings)):
+        submit_next()
     # Chunks arrive one at a time: register each in this process (parallel registry
     # writers would only fight the training workers for the same cores).
     one_writer = settings.model_copy(update={
@@ -88,7 +99,10 @@ def train_chunks(frame: Any, families: list[str], settings: Settings,
     outcomes: list[Any] = []
     bar = tqdm(total=len(ids) * len(families), desc="athlete models", unit="model",
                file=sys.stderr, disable=not progress)
-    for fut in as_completed(futures):
+    while in_flight:
+        fut = next(as_completed(list(in_flight)))
+        del in_flight[fut]
+        submit_next()
         chunk_results = fut.result()
         results.extend(chunk_results)
         if registry is not None:

@@ -203,6 +203,11 @@ class ExportSettings(BaseModel):
     quantizations: list[Literal["linear8", "palette4"]] = Field(
         default_factory=lambda: ["linear8", "palette4"]
     )
+    max_size_ratio: float = Field(
+        default=0.5, gt=0, le=1,
+        description="a quantized network package ships only if at most this share of the "
+        "float32 package's bytes (the point of quantizing for an OTA download)",
+    )
     ota_base_url: str = "https://models.veloready.app/ota"
 
 
@@ -271,6 +276,11 @@ class ExecutionSettings(BaseModel):
     dask_address: str | None = Field(default=None, description="tcp://host:8786 to use Dask")
     local_workers: int = Field(default=1, ge=1, le=64)
     torch_threads: int = Field(default=1, ge=1, le=64)
+    max_in_flight: int = Field(
+        default=0, ge=0, le=10_000,
+        description="training chunks submitted but not collected at once (bounds memory); "
+        "0 = two per local worker, 32 on an existing Dask cluster",
+    )
 
 
 class RolloutSettings(BaseModel):

@@ -191,6 +191,33 @@ def _verdict_for(result: ModelResult, metrics: dict[str, float],
     return injury_verdict(metrics, result.baselines, pooled, thresholds)
 
 
+def choose_shipped_variant(report: dict[str, dict[str, Any]], max_size_ratio: float) -> str:
+    """The variant the app downloads: the smallest quantized one that passes its gate.
+
+    ``report`` maps each exported variant to its ``passed`` gate verdict (computed from
+    the weights read back from its own package), ``size_bytes``, ``size_ratio`` (of the
+    float32 package) and ``verdict``. With quantized variants exported only those may
+    ship, and only at most ``max_size_ratio`` of the float32 bytes: float32 is the
+    reference for the size ratio and the metric change, never a silent fallback. With
+    float32 alone (no quantization configured) float32 ships if it passes.
+
+    Raises:
+        RuntimeError: no variant qualifies; the message gives each one's verdict and
+            size ratio (the model is then not published).
+    """
+    quantized = [v for v in report if v != "float32"]
+    shippable = ([v for v in quantized if report[v]["size_ratio"] <= max_size_ratio]
+                 if quantized else list(report))
+    passing = [v for v in shippable if report[v]["passed"]]
+    if not passing:
+        raise RuntimeError(
+            f"no shippable variant (quantized, at most {max_size_ratio:.0%} of float32) "
+            "passes the gate: " + "; ".join(
+                f"{v}: {r['verdict']}, size ratio {r['size_ratio']:.3f}"
+                for v, r in report.items()))
+    return min(passing, key=lambda v: report[v]["size_bytes"])
+
+
 def export_net(result: ModelResult, folder: Path, name: str, settings: Settings) -> dict[str, Any]:
     """Export float32 + quantized variants; ship the smallest that still passes its gate.
 
@@ -225,15 +252,7 @@ def export_net(result: ModelResult, folder: Path, name: str, settings: Settings)
             "passed": verdict.passed,
             "verdict": verdict.reason(),
         }
-    # With quantizations configured only a quantized package may ship: a net whose
-    # quantized weights all lose the gate is not published (float32 stays a reference
-    # for the size ratio and the metric change, never a silent fallback).
-    shippable = [v for v in variants if v != "float32"] or ["float32"]
-    passing = [v for v in shippable if report[v]["passed"]]
-    if not passing:
-        raise RuntimeError("no shippable variant passes the gate: "
-                           + "; ".join(f"{v}: {report[v]['verdict']}" for v in variants))
-    shipped = min(passing, key=lambda v: report[v]["size_bytes"])
+    shipped = choose_shipped_variant(report, settings.export.max_size_ratio)
     artifacts = {v: arts[v] for v in variants} | {"onnx": arts["onnx"]}
 
     def as_dict(a: Any) -> dict[str, Any]:
