@@ -24,14 +24,35 @@ def make_task_runner(settings: Settings) -> Any:
     if ex.local_workers > 1:
         from prefect_dask import DaskTaskRunner
 
-        return DaskTaskRunner(
-            cluster_kwargs={
-                "n_workers": ex.local_workers,
-                "threads_per_worker": 1,
-                "processes": True,
-                "dashboard_address": None,
-            }
-        )
+        cluster_kwargs: dict[str, Any] = {
+            "n_workers": ex.local_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        }
+        api_url = _ephemeral_api_url()
+        if api_url:
+            cluster_kwargs["env"] = {"PREFECT_API_URL": api_url}
+        return DaskTaskRunner(cluster_kwargs=cluster_kwargs)
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=1)
+
+
+def _ephemeral_api_url() -> str | None:
+    """The API the running flow reports to, when Prefect runs in its local mode.
+
+    Without ``PREFECT_API_URL`` the flow's process starts an ephemeral API server; worker
+    processes would each start one of their own (~225 MiB and a few seconds each) and
+    report the training tasks there, out of sight of the flow's server. Pointing them at
+    the flow's server keeps one server and every task run under its flow run.
+    """
+    from prefect.context import FlowRunContext
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        return None  # a configured server: workers inherit the environment
+    ctx = FlowRunContext.get()
+    client = getattr(ctx, "client", None) if ctx else None
+    url = getattr(client, "api_url", None)
+    return str(url) if url else None
