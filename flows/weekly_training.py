@@ -32,7 +32,7 @@ from prefect.runtime import flow_run
 from tqdm import tqdm
 
 from tasks.review import review_challengers, shippable_outcomes
-from tasks.runners import make_task_runner
+from tasks.runners import make_task_runner, max_in_flight
 from tasks.training import (
     export_models,
     ingest_data,
@@ -89,7 +89,7 @@ def train_chunks(frame: Any, families: list[str], settings: Settings,
     # A bounded window of chunks in flight: each submitted task carries its chunk's
     # rows (here, in the scheduler and on a worker), so submitting all at once would
     # hold the table once per family; with the window memory does not grow with N.
-    for _ in range(pipeline.max_in_flight(settings)):
+    for _ in range(max_in_flight(settings)):
         submit_next()
     # Chunks arrive one at a time: register each in this process (parallel registry
     # writers would only fight the training workers for the same cores).

@@ -39,6 +39,18 @@ def make_task_runner(settings: Settings) -> Any:
     return ThreadPoolTaskRunner(max_workers=1)
 
 
+def max_in_flight(settings: Settings) -> int:
+    """How many training chunks may be submitted and not yet collected at once.
+
+    ``execution.max_in_flight`` when set; otherwise two per local worker (one running,
+    one queued, so no worker waits), or 32 for an existing Dask cluster of unknown size.
+    """
+    ex = settings.execution
+    if ex.max_in_flight:
+        return ex.max_in_flight
+    return 32 if ex.dask_address else 2 * ex.local_workers
+
+
 def _ephemeral_api_url() -> str | None:
     """The API the running flow reports to, when Prefect runs in its local mode.
 

@@ -101,18 +101,6 @@ def select_athletes(frame: pd.DataFrame, athlete_ids: Sequence[str] | None) -> p
     return frame[frame["athlete_id"].isin(list(athlete_ids))].copy()
 
 
-def max_in_flight(settings: Settings) -> int:
-    """How many training chunks may be submitted and not yet collected at once.
-
-    ``execution.max_in_flight`` when set; otherwise two per local worker (one running,
-    one queued, so no worker waits), or 32 for an existing Dask cluster of unknown size.
-    """
-    ex = settings.execution
-    if ex.max_in_flight:
-        return ex.max_in_flight
-    return 32 if ex.dask_address else 2 * ex.local_workers
-
-
 def chunk_ids(ids: Sequence[str], size: int) -> list[list[str]]:
     """Athletes in chunks: one task per chunk keeps orchestration cost small."""
     return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
