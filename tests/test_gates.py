@@ -54,6 +54,13 @@ def test_auroc_baseline_higher_is_better():
                         {"warning_score_auroc": 0.85, "base_rate_brier": 0.12}, t)
     assert good.passed
     assert not bad.passed and bad.failures[0].name == "beats warning_score_auroc"
+    # The verdict states the AUROCs as they are (not negated) and by how much it missed.
+    check = bad.failures[0]
+    assert (check.value, check.threshold) == (0.8, 0.85)
+    assert check.margin == pytest.approx(-0.05)
+    assert check.describe() == ("beats warning_score_auroc: model 0.800 does not beat "
+                                "baseline 0.850 (by 0.050)")
+    assert good.checks[-1].margin == pytest.approx(0.1)
 
 
 def test_no_checks_never_passes():

@@ -22,7 +22,7 @@ class Check:
     name: str
     value: float
     threshold: float
-    op: str  # "<", ">", ">=", "<=", "beats"
+    op: str  # "<", ">", ">=", "<=", "beats" (lower wins), "beats_higher" (higher wins)
     passed: bool
 
     @property
@@ -33,7 +33,7 @@ class Check:
         return self.value - self.threshold
 
     def describe(self) -> str:
-        if self.op == "beats":
+        if self.op in ("beats", "beats_higher"):
             word = "beats" if self.passed else "does not beat"
             return (
                 f"{self.name}: model {self.value:.3f} {word} baseline {self.threshold:.3f}"
@@ -126,8 +126,7 @@ def evaluate_gate(
                 continue
             v, b = float(value), float(base)  # type: ignore[arg-type]
             if metric == "auroc":
-                # Higher is better: express as "loss" so margin stays positive-when-passing.
-                add(Check(f"beats {key}", -v, -b, "beats", v > b))
+                add(Check(f"beats {key}", v, b, "beats_higher", v > b))  # higher wins
             else:
                 add(Check(f"beats {key}", v, b, "beats", v < b))
     return verdict

@@ -112,12 +112,12 @@ def injury_verdict(metrics: dict[str, float], baselines: dict[str, float],
                   finite(auc) and auc >= thresholds.auroc_min))
     if thresholds.must_beat_baselines:
         ws = float(pooled.get("pooled_warning_score_auroc", np.nan))
-        add(Check("beats pooled warning_score_auroc", -auc, -ws, "beats",
+        add(Check("beats pooled warning_score_auroc", auc, ws, "beats_higher",
                   finite(auc, ws) and auc > ws))
         own = float(metrics.get("auroc", np.nan))
         own_ws = float(baselines.get("warning_score_auroc", np.nan))
         if finite(own) or finite(own_ws):  # the athlete's test part holds an event
-            add(Check("beats own warning_score_auroc", -own, -own_ws, "beats",
+            add(Check("beats own warning_score_auroc", own, own_ws, "beats_higher",
                       finite(own, own_ws) and (own > own_ws or own == 1.0)))
     return verdict
 
