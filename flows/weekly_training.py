@@ -106,8 +106,15 @@ def train_chunks(frame: Any, families: list[str], settings: Settings,
         chunk_results = fut.result()
         results.extend(chunk_results)
         if registry is not None:
-            outcomes.extend(register_models(chunk_results, one_writer, registry.data_hash,
-                                            registry.lineage, registry.workdir))
+            done = register_models(chunk_results, one_writer, registry.data_hash,
+                                   registry.lineage, registry.workdir)
+            outcomes.extend(done)
+            # Only registered versions are exported later: drop the other models now
+            # (the flow process would otherwise hold every trained network until the end).
+            keep = {(o.athlete_id, o.family) for o in done if o.version is not None}
+            for r in chunk_results:
+                if (r.athlete_id, r.family) not in keep:
+                    r.model = None
         bar.update(len(chunk_results))
     bar.close()
     results.sort(key=lambda r: (r.athlete_id, r.family))

@@ -112,3 +112,26 @@ def test_rerun_registers_no_duplicate_champion(prefect_api, corrupted_data, home
         assert len(versions) == 1
         assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
         assert "already registered" in row["reason"]
+
+
+def test_flow_keeps_trained_models_only_for_registered_versions(prefect_api, tmp_path,
+                                                                monkeypatch):
+    # Only registered versions are exported, so the flow drops every other model as its
+    # chunk is registered (the flow process must not hold all N networks until the end).
+    from flows.weekly_training import RegistryArgs, train_chunks
+
+    monkeypatch.setenv("VELOREADY_HOME", str(tmp_path))
+    easy = simulate_athletes(n_athletes=2, days=130, seed=3, profile="easy").frame
+    hard = simulate_athletes(n_athletes=2, days=130, seed=3, profile="realistic").frame
+    hard["athlete_id"] = hard["athlete_id"].str.replace("sim-", "hard-")
+    frame = pd.concat([easy, hard], ignore_index=True)
+    settings = load_settings(tuning={"n_trials": 2})
+    results, outcomes = train_chunks(frame, ["recovery"], settings, None, False,
+                                     RegistryArgs("test-data", {"source": "test"},
+                                                  tmp_path / "plots"))
+    registered = {(o.athlete_id, o.family) for o in outcomes if o.version is not None}
+    trained = [r for r in results if r.status == "trained"]
+    assert registered and len(trained) > len(registered), [r.reason for r in results]
+    for r in trained:
+        assert (r.model is not None) == ((r.athlete_id, r.family) in registered), r.athlete_id
+        assert r.metrics and r.test_y is not None  # the summary still has what it needs
