@@ -13,11 +13,17 @@ What it does, per N:
    local Dask worker processes), MLflow registry, Core ML/ONNX export, OTA, report;
 4. prints wall time, a per-stage table, the share of the wall time spent in Prefect
    orchestration, the cost per athlete and peak memory (process tree, sampled);
-5. runs the naive per-athlete loop - one athlete at a time, plain Python, each athlete
-   its own Optuna study with the same trial budget, networks fitted alone from scratch
-   (`models.batched.tune_single`) - on ``--naive-sample`` of the same athletes and
-   prints the ratio. (`bench/nets_batched_vs_naive.py` also replays the batched trials
-   one athlete at a time, to isolate what batching alone buys.)
+5. runs two naive references on ``--naive-sample`` of the same athletes, same trial
+   budget, and prints the per-athlete ratios (``--naive both|textbook|optimised``):
+   * *textbook* - the naive run the issue describes (`bench/naive_textbook.py`): one
+     athlete at a time, a Prefect task per step, a study per athlete with no pruning,
+     MLflow ``log_model`` with dependency inference, Core ML for every model;
+   * *optimised* - the flow's own cheap per-athlete code in a plain Python loop: each
+     athlete its own Optuna study, networks fitted alone from scratch with early
+     stopping and pruning (`models.batched.tune_single`), no Prefect, no registry, no
+     export. It isolates what batching and both cores buy over good per-athlete code.
+   (`bench/nets_batched_vs_naive.py` also replays the batched trials one athlete at a
+   time, to isolate what batching alone buys.)
 
 How the figures are measured. Every stage function records its own start/end/CPU time
 from inside the task (`veloready_pipeline.timing`; the training stage writes from the
@@ -308,11 +314,40 @@ def print_naive(res: dict[str, Any]) -> None:
               "compare the work itself)")
 
 
+def print_textbook(res: dict[str, Any]) -> None:
+    """The issue's naive run (`bench/naive_textbook.py`) against the flow, per athlete."""
+    tb, wall, n = res["textbook"], res["flow_wall_s"], res["n_athletes"]
+    print(f"\nnaive run as the issue describes it ({tb['sample']} athletes, one at a time: "
+          f"a Prefect task per step, a study per athlete without pruning, MLflow log_model "
+          f"with inference, Core ML for every model, 1 thread):")
+    print(f"{'family':<10}{'athletes':>9}{'naive s/ath':>12}{'in-proc CPU':>12}"
+          f"{'statuses':>30}")
+    for fam, r in tb["families"].items():
+        print(f"{fam:<10}{r['n']:>9}{r['wall_per_athlete_s']:>12.2f}"
+              f"{r['cpu_per_athlete_s']:>12.2f}{','.join(r['statuses']):>30}")
+    total = tb["run_wall_s"] / max(tb["sample"], 1)  # flow-run creation included
+    tree_cpu = tb["tree_cpu_s"] / max(tb["sample"], 1)
+    flow_per, flow_cpu = wall / n, res["cpu_per_athlete_s"]
+    print(f"all families: naive {total:.2f} s per athlete ({tree_cpu:.2f} s CPU of the process "
+          f"tree: Prefect server and MLflow's inference subprocesses included) vs the whole "
+          f"flow {flow_per:.3f} s ({flow_cpu:.3f} s CPU) -> {total / flow_per:.1f}x faster per "
+          f"athlete in wall time, {tree_cpu / flow_cpu:.1f}x in CPU time")
+
+
 # ------------------------------------------------------------------ naive loop
 
 
-def run_naive(frame: Any, families: list[str], settings: Any, sample: int,
-              seed: int) -> dict[str, Any]:
+def naive_sample(frame: Any, sample: int, seed: int) -> list[str]:
+    """The athletes both naive references run on (seeded, the same for both)."""
+    import numpy as np
+
+    ids = sorted(frame["athlete_id"].astype(str).unique())
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(ids, size=min(sample, len(ids)), replace=False).tolist())
+
+
+def run_naive(frame: Any, families: list[str], settings: Any,
+              picked: list[str]) -> dict[str, Any]:
     """One athlete at a time, plain Python, same trial budget: the reference cost.
 
     The naive per-athlete loop the flow replaces: for each sampled athlete and family,
@@ -323,9 +358,6 @@ def run_naive(frame: Any, families: list[str], settings: Any, sample: int,
     """
     import numpy as np
 
-    ids = sorted(frame["athlete_id"].astype(str).unique())
-    rng = np.random.default_rng(seed)
-    picked = sorted(rng.choice(ids, size=min(sample, len(ids)), replace=False).tolist())
     groups = {aid: frame[frame["athlete_id"] == aid] for aid in picked}
     out: dict[str, Any] = {"sample": len(picked), "athletes": picked, "families": {},
                            "errors": {}}
@@ -459,10 +491,23 @@ def run_one(args: argparse.Namespace, n_athletes: int) -> dict[str, Any]:
     if args.naive_sample > 0:
         os.environ.pop("VELOREADY_TIMING_FILE", None)
         naive_settings = load_settings(args.config, **overrides)
-        result["naive"] = run_naive(frame, families, naive_settings, args.naive_sample,
-                                    args.seed)
-        result["load_after_naive"] = tuple(round(x, 2) for x in os.getloadavg())
-        print_naive(result)
+        picked = naive_sample(frame, args.naive_sample, args.seed)
+        if args.naive in ("both", "optimised"):
+            result["naive"] = run_naive(frame, families, naive_settings, picked)
+            result["load_after_naive"] = tuple(round(x, 2) for x in os.getloadavg())
+            print_naive(result)
+        if args.naive in ("both", "textbook"):
+            from bench.naive_textbook import run_textbook
+
+            with MemorySampler() as tb_mem:
+                cpu0 = tb_mem.tree_cpu()
+                t = time.perf_counter()
+                result["textbook"] = run_textbook(frame, picked, families, naive_settings,
+                                                  home)
+                result["textbook"]["run_wall_s"] = time.perf_counter() - t
+                result["textbook"]["tree_cpu_s"] = tb_mem.tree_cpu() - cpu0
+            result["load_after_textbook"] = tuple(round(x, 2) for x in os.getloadavg())
+            print_textbook(result)
     if not args.keep:
         shutil.rmtree(home, ignore_errors=True)
     return result
@@ -480,6 +525,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=20, help="Optuna trials per family")
     p.add_argument("--naive-sample", type=int, default=3,
                    help="athletes for the naive loop (0 = skip it)")
+    p.add_argument("--naive", default="both", choices=["both", "textbook", "optimised"],
+                   help="naive references: the issue's textbook run (bench/naive_textbook.py), "
+                        "the flow's own per-athlete code in a loop, or both")
     p.add_argument("--workers", type=int, default=2,
                    help="local Dask worker processes (1 = a thread in the flow's process)")
     p.add_argument("--chunk-size", type=int, default=50, help="athletes per task")
