@@ -109,6 +109,38 @@ def test_batched_lstm_fit_matches_naive_fit() -> None:
     assert epoch == int(out.best_epoch[0])
 
 
+def test_minibatch_fit_is_seeded_and_takes_a_step_per_batch() -> None:
+    # The population fit's mini-batch mode: each epoch is ceil(rows / batch_rows)
+    # optimiser steps over a seeded shuffle; the same seed gives the same weights.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 14, N_FEAT)).astype(np.float32)
+    y = (x[:, -1, 0] + 0.5 * rng.normal(size=60) > 1.0).astype(np.float32)
+    cfg = FitConfig(lr=0.01, weight_decay=0.0, max_epochs=5, patience=30, eval_every=5,
+                    loss="bce")
+
+    def fit(batch_rows: int, seed: int) -> tuple[InjuryLSTM, int]:
+        module = _plains(1)[0]
+        steps = 0
+
+        def count(*_: object) -> None:
+            nonlocal steps
+            steps += 1
+
+        module.head.weight.register_hook(count)  # one gradient per optimiser step
+        fit_single(module, x[:45], y[:45], x[45:], y[45:], cfg, batch_rows=batch_rows,
+                   seed=seed)
+        return module, steps
+
+    full, full_steps = fit(0, 0)
+    a, a_steps = fit(16, 1)
+    b, _ = fit(16, 1)
+    c, _ = fit(16, 2)
+    assert full_steps == 5 and a_steps == 5 * 3  # 45 rows in batches of 16: 3 a pass
+    assert torch.equal(a.head.weight, b.head.weight)
+    assert not torch.equal(a.head.weight, c.head.weight)
+    assert not torch.equal(a.head.weight, full.head.weight)
+
+
 @pytest.mark.parametrize(
     ("risk", "category"),
     [(0.0, "low"), (49.99, "low"), (50.0, "medium"), (70.0, "medium"), (70.01, "high"),

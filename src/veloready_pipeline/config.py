@@ -155,6 +155,14 @@ class TuningSettings(BaseModel):
     population_max_epochs: int = Field(
         default=100, ge=5, le=10_000, description="epochs cap of a population network fit"
     )
+    # Mini-batches for the population fit: ~10 optimiser steps per pass over a chunk's
+    # pooled rows instead of one. Measured on 5 seeds x 50 realistic athletes, 20
+    # trials: injury pooled test AUROC 0.755 mean / 0.726 min (full batch) -> 0.766 /
+    # 0.757 (512 rows); zones training CPU -25 %, same pass share within noise.
+    population_batch_rows: int = Field(
+        default=512, ge=0, le=1_000_000,
+        description="rows per mini-batch of a population network fit (0 = full batch)",
+    )
     net_patience: int = Field(
         default=10, ge=1, le=10_000, description="epochs without validation gain before stop"
     )

@@ -620,6 +620,8 @@ def fit_single(
     cfg: FitConfig,
     max_epochs: int | None = None,
     report: Callable[[int, float], bool] | None = None,
+    batch_rows: int = 0,
+    seed: int = 0,
 ) -> tuple[nn.Module, float, int]:
     """The naive path: one athlete, one plain module, same optimiser and stopping rule.
 
@@ -627,7 +629,8 @@ def fit_single(
     best epoch. ``max_epochs`` caps the run (to replay a trial the batched study
     pruned after that many epochs); ``report`` is the pruning callback of
     `fit_batched` (chunk index, best validation loss so far). The benchmark and the
-    equivalence tests use it.
+    equivalence tests use it. ``batch_rows`` > 0 makes each epoch a pass of shuffled
+    mini-batches of that many rows (seeded by ``seed``) instead of one full-batch step.
     """
     x_tr = torch.as_tensor(x_train, dtype=torch.float32)
     x_va = torch.as_tensor(x_val, dtype=torch.float32)
@@ -653,13 +656,20 @@ def fit_single(
     epoch = 0
     chunk = 0
     cap = cfg.max_epochs if max_epochs is None else min(cfg.max_epochs, max_epochs)
+    n_rows = len(xtr)
+    gen = torch.Generator().manual_seed(seed)
     while epoch < cap and stale < cfg.patience:
         module.train()
         for _ in range(min(cfg.eval_every, cap - epoch)):
-            opt.zero_grad(set_to_none=True)
-            loss = loss_of(module.forward_normalized(xtr), ytr)
-            (loss + _prior_penalty(params, start, cfg.prior_strength)).backward()
-            opt.step()
+            if 0 < batch_rows < n_rows:
+                parts = torch.randperm(n_rows, generator=gen).split(batch_rows)
+            else:
+                parts = (slice(None),)
+            for idx in parts:
+                opt.zero_grad(set_to_none=True)
+                loss = loss_of(module.forward_normalized(xtr[idx]), ytr[idx])
+                (loss + _prior_penalty(params, start, cfg.prior_strength)).backward()
+                opt.step()
             epoch += 1
         with torch.no_grad():
             v = float(loss_of(module.forward_normalized(xva), yva))
@@ -822,6 +832,12 @@ def fit_population(family: NetFamily, athletes: Sequence[TrainData], params: dic
                                              "weight_decay": family.population_weight_decay},
                      family.loss)
     cfg.max_epochs = settings.tuning.population_max_epochs
+    if settings.tuning.population_batch_rows > 0:
+        # Mini-batches: many more optimiser steps per pass over the pooled rows.
+        module, val, _ = fit_single(module, pooled.x_train, pooled.y_train, pooled.x_val,
+                                    pooled.y_val, cfg, batch_rows=settings.tuning.population_batch_rows,
+                                    seed=derive_seed(settings.seed, family.name, POPULATION_ID))
+        return module, val
     model = family.batched_cls([module])
     outcome = fit_batched(model, pad_stack([pooled.x_train], [pooled.y_train]),
                           pad_stack([pooled.x_val], [pooled.y_val]), cfg)
