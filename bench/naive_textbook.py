@@ -109,17 +109,13 @@ def _tasks() -> dict[str, Any]:
     @task(name="naive-gate")
     def gate(result: Any, settings: Any) -> Any:
         from veloready_pipeline.gates import evaluate_gate
-        from veloready_pipeline.models.nets import injury_verdict, zone_verdict
+        from veloready_pipeline.models.nets import _verdict_for
 
-        thresholds = settings.gates[result.family]
         if result.family == "recovery":
             result.verdict = evaluate_gate("recovery", result.metrics, result.baselines,
-                                           thresholds)
-        elif result.family == "zones":
-            result.verdict = zone_verdict(result.metrics, result.baselines, thresholds)
-        else:
-            result.verdict = injury_verdict(result.metrics, result.baselines,
-                                            result.extra["pooled"], thresholds)
+                                           settings.gates["recovery"])
+        else:  # the export stage's rule (reads the pooled keys `_net` sets)
+            result.verdict = _verdict_for(result, result.metrics, settings)
         result.reason = result.verdict.reason()
         return result
 
@@ -183,6 +179,7 @@ def _study(settings: Any, family: str, athlete_id: str) -> tuple[Any, dict[str, 
 
 def _recovery(t: dict[str, Any], rows: Any, settings: Any) -> Any:
     from veloready_pipeline.gates import regression_metrics
+    from veloready_pipeline.models.recovery import recovery_baselines
     from veloready_pipeline.results import ModelResult
     from veloready_pipeline.split import split_chronological
     from veloready_pipeline.tuning import suggest
@@ -207,9 +204,7 @@ def _recovery(t: dict[str, Any], rows: Any, settings: Any) -> Any:
     pred = booster.predict(xgb.DMatrix(X[te], feature_names=list(names)))
     today = lab["recovery_today"].to_numpy(dtype=np.float64)
     metrics = regression_metrics(y[te], pred)
-    baselines = {"persistence_rmse": regression_metrics(y[te], today[te])["rmse"],
-                 "mean_rmse": regression_metrics(
-                     y[te], np.full(len(te), y[np.concatenate([tr, va])].mean()))["rmse"]}
+    baselines = recovery_baselines(y[te], today[te], y[np.concatenate([tr, va])])
     return ModelResult(aid, "recovery", "trained", model=booster, model_kind="xgboost",
                        feature_names=list(names), params=best, metrics=metrics,
                        baselines=baselines, test_X=X[te], test_y=y[te], test_pred=pred)
@@ -238,20 +233,15 @@ def _net(t: dict[str, Any], family: str, rows: Any, settings: Any) -> Any:
     evaluate = evaluate_zone_model if family == "zones" else evaluate_injury_model
     metrics, baselines, pred = evaluate(ds, best_model)
     te = ds.test_idx
-    extra: dict[str, Any] = {"baseline_score": ds.baseline[te]}
     if family == "injury":  # one athlete alone: its own test part is the "pool"
-        extra["pooled"] = {"pooled_auroc": metrics.get("auroc", math.nan),
-                           "pooled_n_onsets": float(count_onsets(ds.y[te])),
-                           "pooled_warning_score_auroc":
-                               baselines.get("warning_score_auroc", math.nan)}
-        metrics |= {"pooled_auroc": extra["pooled"]["pooled_auroc"],
-                    "pooled_n_onsets": extra["pooled"]["pooled_n_onsets"]}
+        metrics |= {"pooled_auroc": metrics.get("auroc", math.nan),
+                    "pooled_n_onsets": float(count_onsets(ds.y[te]))}
         baselines |= {"pooled_warning_score_auroc":
-                      extra["pooled"]["pooled_warning_score_auroc"]}
+                      baselines.get("warning_score_auroc", math.nan)}
     return ModelResult(ds.athlete_id, family, "trained", model=best_model, model_kind="torch",
                        feature_names=list(ds.feature_names), params=best_params,
                        metrics=metrics, baselines=baselines, test_X=ds.X[te], test_y=ds.y[te],
-                       test_pred=pred, extra=extra)
+                       test_pred=pred, extra={"baseline_score": ds.baseline[te]})
 
 
 def run_athlete(rows: Any, families: list[str], settings: Any, out_dir: Path,
@@ -301,8 +291,9 @@ def run_textbook(frame: Any, ids: list[str], families: list[str], settings: Any,
     (an athlete the family skips costs its cheap features step, as in the flow), plus
     the flow-run wall time of each athlete. CPU here is this process only.
     """
-    import mlflow
     import torch
+
+    import mlflow
 
     torch.set_num_threads(1)
     root = home / "naive-textbook"

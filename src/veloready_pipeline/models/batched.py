@@ -834,9 +834,10 @@ def fit_population(family: NetFamily, athletes: Sequence[TrainData], params: dic
     cfg.max_epochs = settings.tuning.population_max_epochs
     if settings.tuning.population_batch_rows > 0:
         # Mini-batches: many more optimiser steps per pass over the pooled rows.
-        module, val, _ = fit_single(module, pooled.x_train, pooled.y_train, pooled.x_val,
-                                    pooled.y_val, cfg, batch_rows=settings.tuning.population_batch_rows,
-                                    seed=derive_seed(settings.seed, family.name, POPULATION_ID))
+        module, val, _ = fit_single(
+            module, pooled.x_train, pooled.y_train, pooled.x_val, pooled.y_val, cfg,
+            batch_rows=settings.tuning.population_batch_rows,
+            seed=derive_seed(settings.seed, family.name, POPULATION_ID))
         return module, val
     model = family.batched_cls([module])
     outcome = fit_batched(model, pad_stack([pooled.x_train], [pooled.y_train]),

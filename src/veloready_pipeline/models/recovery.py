@@ -63,6 +63,16 @@ def _matrix(X: np.ndarray, y: np.ndarray, names: list[str] | None = None) -> xgb
     return xgb.DMatrix(X, label=y, feature_names=list(names) if names else None, nthread=1)
 
 
+def recovery_baselines(y_test: np.ndarray, today_test: np.ndarray,
+                       y_fit: np.ndarray) -> dict[str, float]:
+    """The naive predictions a recovery model must beat, scored on the test rows:
+    tomorrow = today (persistence) and tomorrow = the mean of the rows it was fitted on."""
+    return {
+        "persistence_rmse": regression_metrics(y_test, today_test)["rmse"],
+        "mean_rmse": regression_metrics(y_test, np.full(len(y_test), y_fit.mean()))["rmse"],
+    }
+
+
 def train_recovery_model(
     athlete_rows: pd.DataFrame,
     settings: Settings,
@@ -131,10 +141,7 @@ def train_recovery_model(
     with clock.part("gate"):
         metrics = regression_metrics(y[te], pred)
         metrics["val_rmse"] = float(study.best_value)
-        baselines = {
-            "persistence_rmse": regression_metrics(y[te], today[te])["rmse"],
-            "mean_rmse": regression_metrics(y[te], np.full(len(te), y[trval].mean()))["rmse"],
-        }
+        baselines = recovery_baselines(y[te], today[te], y[trval])
         verdict = evaluate_gate(FAMILY, metrics, baselines, settings.gates[FAMILY])
     dates = rows.index
     notes = [n for n in [sensor_note(feats)] if n]
