@@ -109,6 +109,45 @@ def test_batched_lstm_fit_matches_naive_fit() -> None:
     assert epoch == int(out.best_epoch[0])
 
 
+def test_dropping_stopped_athletes_changes_no_lstm_fit(monkeypatch) -> None:
+    # The LSTM side of the batch compaction: a new module (own workspace) of the
+    # athletes still training, their AdamW moments carried over; same fits as without.
+    from veloready_pipeline.models import batched as batched_mod
+
+    rng = np.random.default_rng(4)
+    xs, ys = [], []
+    for n in (20, 30, 45, 60):
+        x = rng.normal(size=(n, 14, N_FEAT)).astype(np.float32)
+        xs.append(x)
+        ys.append((x[:, -1, 0] + 0.5 * rng.normal(size=n) > 0.8).astype(np.float32))
+    cut = [int(len(x) * 0.7) for x in xs]
+    pairs = list(zip(xs, ys, cut, strict=True))
+    train = pad_stack([x[:c] for x, _, c in pairs], [y[:c] for _, y, c in pairs])
+    val = pad_stack([x[c:] for x, _, c in pairs], [y[c:] for _, y, c in pairs])
+    cfg = FitConfig(lr=0.03, weight_decay=0.0, max_epochs=60, patience=10, eval_every=5,
+                    loss="bce", prior_strength=0.05)
+    sizes: list[int] = []
+    real = batched_mod.BatchedModule.select
+
+    def spy(self, idx):
+        sizes.append(len(idx))
+        sub = real(self, idx)
+        assert sub.workspace is not self.workspace
+        return sub
+
+    monkeypatch.setattr(batched_mod.BatchedModule, "select", spy)
+    monkeypatch.setattr(batched_mod, "COMPACT_SHARE", 1.0)
+    never = fit_batched(BatchedLSTM(_plains(4)), train, val, cfg)
+    monkeypatch.setattr(batched_mod, "COMPACT_SHARE", 0.0)
+    always = fit_batched(BatchedLSTM(_plains(4)), train, val, cfg)
+    assert sizes and min(sizes) < 4
+    np.testing.assert_array_equal(never.best_epoch, always.best_epoch)
+    np.testing.assert_allclose(never.best_val, always.best_val, rtol=1e-6)
+    for k in never.best_state:
+        torch.testing.assert_close(never.best_state[k], always.best_state[k],
+                                   rtol=1e-6, atol=1e-7)
+
+
 def test_minibatch_fit_is_seeded_and_takes_a_step_per_batch() -> None:
     # The population fit's mini-batch mode: each epoch is ceil(rows / batch_rows)
     # optimiser steps over a seeded shuffle; the same seed gives the same weights.

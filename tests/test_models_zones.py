@@ -114,6 +114,43 @@ def test_padding_and_other_athletes_do_not_change_an_athletes_fit() -> None:
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_dropping_stopped_athletes_from_the_batch_changes_no_fit(monkeypatch) -> None:
+    # Athletes with few rows stop early; the fit then goes on without them (weights,
+    # AdamW moments and rows copied into a smaller batch). Every athlete's best
+    # snapshot, best epoch and validation loss must equal the fit that never drops.
+    from veloready_pipeline.models import batched as batched_mod
+
+    athletes = _athletes(6, seed=3, n_min=15, n_max=60)
+    cfg = FitConfig(lr=0.02, weight_decay=1e-4, max_epochs=80, patience=10, eval_every=5,
+                    loss="mse", prior_strength=0.05)
+    compactions: list[int] = []
+    real = batched_mod._FitBatch.compact
+
+    def spy(self, keep, *args):
+        compactions.append(int(keep.sum()))
+        return real(self, keep, *args)
+
+    monkeypatch.setattr(batched_mod._FitBatch, "compact", spy)
+
+    def fit(share: float):
+        monkeypatch.setattr(batched_mod, "COMPACT_SHARE", share)
+        model = BatchedMLP([_plain(11, a) for a in athletes])
+        train = pad_stack([a.x_train for a in athletes], [a.y_train for a in athletes])
+        val = pad_stack([a.x_val for a in athletes], [a.y_val for a in athletes])
+        return fit_batched(model, train, val, cfg)
+
+    never = fit(1.0)
+    assert compactions == []
+    always = fit(0.0)  # rebuilds the batch after every check, down to one athlete
+    assert len(compactions) >= 3 and min(compactions) < len(athletes)
+    assert never.epochs_run == always.epochs_run
+    np.testing.assert_array_equal(never.best_epoch, always.best_epoch)
+    np.testing.assert_allclose(never.best_val, always.best_val, rtol=1e-6)
+    for k in never.best_state:
+        torch.testing.assert_close(never.best_state[k], always.best_state[k],
+                                   rtol=1e-6, atol=1e-7)
+
+
 def test_batched_fit_matches_the_naive_single_fit() -> None:
     data = _athletes(1, seed=2, n_min=40, n_max=41)[0]
     cfg = FitConfig(lr=0.01, weight_decay=1e-4, max_epochs=60, patience=20, eval_every=5,
