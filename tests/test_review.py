@@ -167,6 +167,41 @@ def test_auto_mode_tags_every_decision_and_keeps_the_champion_rule(veloready_hom
     assert pending_challengers(settings) == []
 
 
+def test_auto_mode_writes_a_versions_tags_with_the_version(veloready_home, results, store,
+                                                            prefix, monkeypatch):
+    # Lineage, champion comparison, decision and rollout tags travel in
+    # create_model_version: no single-tag write per registered model.
+    settings = _settings("auto", store, prefix)
+    calls: list[str] = []
+    real = MlflowClient.set_model_version_tag
+
+    def spy(self, *args, **kwargs):
+        calls.append(args[2] if len(args) > 2 else kwargs.get("key", "?"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", spy)
+    (first,) = _register([results["r1"]], settings)
+    assert calls == []
+    tags = _client(settings).get_model_version(first.registered_name, "1").tags
+    for key in ("fingerprint", "run_id", "champion_decision", "new_loss_same_test",
+                "review_decision", "reviewed_at", "champion_set_by", "rollout_percent"):
+        assert tags.get(key), key
+
+
+def test_auto_mode_supersedes_a_challenger_left_pending_by_a_manual_run(
+        veloready_home, results, store, prefix):
+    manual = _settings("manual", store, prefix)
+    (pending,) = _register([results["r1"]], manual)
+    client = _client(manual)
+    name = pending.registered_name
+    assert _alias(client, name, CHALLENGER) == "1" and _alias(client, name, CHAMPION) is None
+    newer = copy.copy(results["r1"])
+    newer.params = dict(results["r1"].params, variant="newer")
+    (decided,) = _register([newer], _settings("auto", store, prefix), digest="d2")
+    assert decided.version == "2" and decided.champion
+    assert _alias(client, name, CHAMPION) == "2" and _alias(client, name, CHALLENGER) is None
+
+
 @pytest.mark.parametrize(
     ("decision", "athletes", "reason", "reviewer", "match"),
     [

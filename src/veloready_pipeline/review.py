@@ -1,11 +1,12 @@
 """Challenger review: who decides that a passing model reaches athletes, and why.
 
-Every newly registered (gate-passing) version becomes its model's ``challenger``
-(MLflow alias). The alias means *awaiting a decision*: the decision removes it.
+Every newly registered (gate-passing) version awaiting a decision is its model's
+``challenger`` (MLflow alias); the decision removes it (in ``auto`` mode the decision
+comes with the registration, so the alias is never set).
 
 * ``review_mode: auto`` - the registry decides at once with the champion rule (the
   challenger becomes champion only when it beats the current champion on the same test
-  data) and `record_auto_decision` writes the decision tags with reviewer ``auto``.
+  data) and `auto_decision_tags` gives the decision tags with reviewer ``auto``.
 * ``review_mode: manual`` - nothing moves; the weekly flow shows the pending challengers
   next to their champions and pauses for a reviewer (Prefect UI or
   ``veloready registry review``); `apply_decision` records the decision.
@@ -27,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from veloready_pipeline.config import Settings
-from veloready_pipeline.rollout import mark_champion, now_iso
+from veloready_pipeline.rollout import champion_tags, mark_champion, now_iso
 
 DecisionKind = Literal["approve_all", "approve_listed", "reject"]
 DECISIONS: tuple[str, ...] = ("approve_all", "approve_listed", "reject")
@@ -233,26 +234,36 @@ def _write_decision(client: MlflowClient, name: str, version: str, *, decision: 
                     reviewer: str, reason: str, source: str) -> None:
     from veloready_pipeline.registry import CHALLENGER
 
-    for key, value in {TAG_DECISION: decision, "reviewer": reviewer,
-                       "reviewed_at": now_iso(), "reason": reason[:4000],
-                       "review_source": source}.items():
+    for key, value in decision_tags(decision=decision, reviewer=reviewer, reason=reason,
+                                    source=source).items():
         client.set_model_version_tag(name, version, key, value)
     if _alias(client, name, CHALLENGER) == str(version):
         client.delete_registered_model_alias(name, CHALLENGER)
 
 
-def record_auto_decision(client: MlflowClient, outcome: Any, settings: Settings) -> None:
-    """Tag an automatic (``review_mode: auto``) decision made by the champion rule."""
-    assert outcome.registered_name and outcome.version
-    name, version = outcome.registered_name, str(outcome.version)
+def decision_tags(*, decision: str, reviewer: str, reason: str, source: str) -> dict[str, str]:
+    """The version tags that record a review decision."""
+    return {TAG_DECISION: decision, "reviewer": reviewer, "reviewed_at": now_iso(),
+            "reason": reason[:4000], "review_source": source}
+
+
+def auto_decision_tags(outcome: Any, settings: Settings) -> dict[str, str]:
+    """Tags of an automatic (``review_mode: auto``) decision made by the champion rule.
+
+    Written with the new version itself (one registry write, not one per tag): the
+    decision tags and, when the version becomes champion, the rollout tags
+    `veloready_pipeline.rollout.mark_champion` would write.
+    """
     decision = "auto_promoted" if outcome.champion else "auto_kept"
+    tags: dict[str, str] = {}
     if outcome.champion:
-        mark_champion(client, name, version, previous=outcome.previous_champion,
-                      set_by="auto", reason=outcome.decision, actor="auto",
-                      percent=settings.rollout.initial_percent)
-    _write_decision(client, name, version, decision=decision, reviewer="auto",
-                    reason=outcome.decision, source="auto")
+        tags |= champion_tags(previous=outcome.previous_champion, set_by="auto",
+                              reason=outcome.decision, actor="auto",
+                              percent=settings.rollout.initial_percent)
+    tags |= decision_tags(decision=decision, reviewer="auto", reason=outcome.decision,
+                          source="auto")
     outcome.review_decision = decision
+    return tags
 
 
 @dataclass

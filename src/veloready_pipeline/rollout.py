@@ -168,8 +168,16 @@ def mark_champion(client: MlflowClient, name: str, version: str, *, previous: st
     from veloready_pipeline.registry import CHAMPION
 
     client.set_registered_model_alias(name, CHAMPION, version)
+    for key, value in champion_tags(previous=previous, set_by=set_by, reason=reason,
+                                    actor=actor, percent=percent, channel=channel).items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def champion_tags(*, previous: str | None, set_by: str, reason: str, actor: str,
+                  percent: int, channel: str | None = None) -> dict[str, str]:
+    """The version tags that record a champion move (who, when, why, rollout)."""
     stamp = now_iso()
-    tags = {
+    return {
         TAG_SET_BY: set_by,
         TAG_SET_AT: stamp,
         TAG_SET_REASON: reason[:4000],
@@ -179,8 +187,6 @@ def mark_champion(client: MlflowClient, name: str, version: str, *, previous: st
         TAG_CHANNEL: channel or channel_for(percent),
         TAG_UPDATED: stamp,
     }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
 
 
 def export_record(settings: Settings, family: str, athlete_id: str,
