@@ -418,7 +418,10 @@ def warning_signs(athlete_frame: pd.DataFrame) -> pd.DataFrame:
     morning reading is too noisy to call a 10 % fall). A missing input never raises a
     sign.
     """
-    d = injury_daily_frame(athlete_frame)
+    return _signs_of(injury_daily_frame(athlete_frame))
+
+
+def _signs_of(d: pd.DataFrame) -> pd.DataFrame:
     signs = pd.DataFrame(index=d.index)
     signs["ctl_ramp_gt_5_per_week"] = d["ctl_ramp_7d"] > 5.0
     signs["tsb_below_minus20_over_7_days"] = d["tsb_days_below_minus20"] > 7
@@ -457,7 +460,7 @@ def _injury_arrays(
     if window < 1 or horizon < 1:
         raise ValueError(f"window and horizon must be >= 1, got {window}, {horizon}")
     d = injury_daily_frame(athlete_frame)
-    score = warning_signs(athlete_frame).sum(axis=1).to_numpy()
+    score = _signs_of(d).sum(axis=1).to_numpy()  # the same daily frame, built once
     daily = d[FEATURE_NAMES_INJURY].ffill().to_numpy(dtype=np.float64)
     events = d["injury"].fillna(0.0).to_numpy() > 0.5
     known = d["injury"].notna().to_numpy()
