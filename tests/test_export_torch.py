@@ -67,7 +67,8 @@ def _weights(module: nn.Module) -> list[str]:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, tuple[nn.Module, torch.Tensor,
-                                                  dict[str, ExportedArtifact]]]:
+                                                  dict[str, ExportedArtifact],
+                                                  dict[str, nn.Module]]]:
     """Both nets exported once for the whole module (conversion is the slow part)."""
     torch.manual_seed(SEED)
     out = tmp_path_factory.mktemp("torch_export")
@@ -76,14 +77,16 @@ def exported(tmp_path_factory) -> dict[str, tuple[nn.Module, torch.Tensor,
         module.eval()
         example = torch.randn(1, *shape)
         sample = torch.randn(16, *shape)
-        arts = export_torch(module, example, out, key, "x", ["y"], sample=sample)
-        result[key] = (module, sample, arts)
+        back: dict[str, nn.Module] = {}
+        arts = export_torch(module, example, out, key, "x", ["y"], sample=sample,
+                            read_back=back)
+        result[key] = (module, sample, arts, back)
     return result
 
 
 @pytest.mark.parametrize("key", ["mlp", "lstm"])
 def test_every_variant_and_onnx_is_written(exported, key) -> None:
-    module, sample, arts = exported[key]
+    module, sample, arts, _ = exported[key]
     assert set(arts) == {"float32", "linear8", "palette4", "onnx"}
     for variant in ("float32", "linear8", "palette4"):
         art = arts[variant]
@@ -100,7 +103,7 @@ def test_every_variant_and_onnx_is_written(exported, key) -> None:
 
 @pytest.mark.parametrize("key", ["mlp", "lstm"])
 def test_onnx_matches_pytorch(exported, key) -> None:
-    module, sample, arts = exported[key]
+    module, sample, arts, _ = exported[key]
     got = run_onnx(arts["onnx"].path, {"x": sample.numpy()})[0]
     with torch.no_grad():
         expected = module(sample).numpy()
@@ -123,7 +126,7 @@ def test_quantized_packages_are_at_most_half_the_float_one(exported, key) -> Non
 @pytest.mark.parametrize("key", ["mlp", "lstm"])
 @pytest.mark.parametrize("variant", ["linear8", "palette4"])
 def test_every_weight_tensor_is_quantized(exported, key, variant) -> None:
-    module, _, arts = exported[key]
+    module, _, arts, _ = exported[key]
     _, report = read_back_state_dict(module, arts[variant].path)
     assert sorted(report.quantized) == sorted(_weights(module))
     # Rank-1 tensors (biases) stay float32: coremltools never compresses them.
@@ -133,7 +136,7 @@ def test_every_weight_tensor_is_quantized(exported, key, variant) -> None:
 
 @pytest.mark.parametrize("key", ["mlp", "lstm"])
 def test_float_package_holds_exactly_the_module_weights(exported, key) -> None:
-    module, _, arts = exported[key]
+    module, _, arts, _ = exported[key]
     state, report = read_back_state_dict(module, arts["float32"].path)
     assert report.quantized == []
     for name, value in module.state_dict().items():
@@ -142,7 +145,7 @@ def test_float_package_holds_exactly_the_module_weights(exported, key) -> None:
 
 @pytest.mark.parametrize("key", ["mlp", "lstm"])
 def test_linear8_weights_are_within_half_a_step(exported, key) -> None:
-    module, _, arts = exported[key]
+    module, _, arts, _ = exported[key]
     state, report = read_back_state_dict(module, arts["linear8"].path)
     params = dict(module.named_parameters())
     for name in _weights(module):
@@ -160,7 +163,7 @@ def test_linear8_weights_are_within_half_a_step(exported, key) -> None:
 
 @pytest.mark.parametrize("key", ["mlp", "lstm"])
 def test_palette4_weights_come_from_a_16_entry_table(exported, key) -> None:
-    module, _, arts = exported[key]
+    module, _, arts, _ = exported[key]
     state, report = read_back_state_dict(module, arts["palette4"].path)
     params = dict(module.named_parameters())
     for name in _weights(module):
@@ -174,11 +177,17 @@ def test_palette4_weights_come_from_a_16_entry_table(exported, key) -> None:
 @pytest.mark.parametrize("key", ["mlp", "lstm"])
 def test_quantized_copy_runs_the_package_weights(exported, key) -> None:
     """If the LSTM gate order were mapped back wrongly the outputs would be far off."""
-    module, sample, arts = exported[key]
+    module, sample, arts, back = exported[key]
     with torch.no_grad():
         ref = module(sample)
         outs = {v: quantized_copy(module, v, arts[v].path)(sample) for v in
                 ("float32", "linear8", "palette4")}
+        # The copies export_torch hands back (what export_net gates) are the same
+        # package weights as reading each package again.
+        for v, copy in back.items():
+            assert not copy.training
+            assert torch.equal(copy(sample), outs[v]), v
+    assert set(back) == {"float32", "linear8", "palette4"}
     assert torch.equal(outs["float32"], ref)
     scale = float(ref.abs().max())
     assert 0 < float((outs["linear8"] - ref).abs().max()) < 0.02 * scale
@@ -187,7 +196,7 @@ def test_quantized_copy_runs_the_package_weights(exported, key) -> None:
 
 
 def test_without_a_package_the_same_weights_are_produced(exported) -> None:
-    module, _, arts = exported["mlp"]
+    module, _, arts, _ = exported["mlp"]
     from_package = dequantized_state_dict(module, "linear8", arts["linear8"].path)
     fresh = dequantized_state_dict(module, "linear8")
     for name in from_package:
@@ -195,7 +204,7 @@ def test_without_a_package_the_same_weights_are_produced(exported) -> None:
 
 
 def test_a_package_of_another_variant_is_refused(exported) -> None:
-    module, _, arts = exported["mlp"]
+    module, _, arts, _ = exported["mlp"]
     with pytest.raises(ValueError, match="palette4"):
         dequantized_state_dict(module, "linear8", arts["palette4"].path)
 
@@ -266,7 +275,7 @@ def test_exported_packages_publish_and_verify(exported, tmp_path: Path) -> None:
 
 
 def test_a_package_of_another_model_is_refused(exported) -> None:
-    _, _, arts = exported["mlp"]
+    _, _, arts, _ = exported["mlp"]
     torch.manual_seed(SEED + 1)
     with pytest.raises(ValueError, match="does not hold this weight"):
         read_back_state_dict(MLP(), arts["linear8"].path)

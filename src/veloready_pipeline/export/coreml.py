@@ -698,7 +698,9 @@ def export_torch(module: torch.nn.Module, example: torch.Tensor, out_dir: Path, 
                  input_name: str, output_names: list[str],
                  variants: Sequence[str] = COREML_VARIANTS, *,
                  sample: torch.Tensor | None = None, metadata: dict[str, str] | None = None,
-                 atol: float = PARITY_ATOL) -> dict[str, ExportedArtifact]:
+                 atol: float = PARITY_ATOL,
+                 read_back: dict[str, torch.nn.Module] | None = None,
+                 ) -> dict[str, ExportedArtifact]:
     """Export a network as Core ML packages (one per variant) plus ONNX.
 
     Files: ``<name>_<variant>.mlpackage`` for each variant and ``<name>.onnx``. Every
@@ -718,6 +720,10 @@ def export_torch(module: torch.nn.Module, example: torch.Tensor, out_dir: Path, 
         sample: rows for the ONNX parity check (default: ``example``); the ONNX file has
             a dynamic batch dimension.
         metadata: extra string metadata stored in every file.
+        read_back: if given, receives per variant the module copy (eval mode) loaded
+            with the weights read back from that variant's saved package, the same
+            copy the output change was measured with (callers evaluate gates on it
+            instead of reading the package a second time).
 
     Returns:
         ``{"float32": ..., "linear8": ..., "palette4": ..., "onnx": ...}`` (the
@@ -761,6 +767,8 @@ def export_torch(module: torch.nn.Module, example: torch.Tensor, out_dir: Path, 
                 seconds += convert_seconds
             state, report = quantize.read_back_state_dict(module, path)
             copy = quantize.module_with_state(module, state)
+            if read_back is not None:
+                read_back[variant] = copy
             with torch.no_grad():
                 out = copy(sample)
             change = _max_abs_change(out, reference)

@@ -227,20 +227,21 @@ def export_net(result: ModelResult, folder: Path, name: str, settings: Settings)
     import torch
 
     from veloready_pipeline.export.coreml import export_torch
-    from veloready_pipeline.export.quantize import quantized_copy
 
     X = np.asarray(result.test_X, dtype=np.float32)
     example = torch.as_tensor(X[:1])
     out_name = ZONE_OUTPUT if result.family == "zones" else INJURY_OUTPUT
     variants = ("float32", *settings.export.quantizations)
+    # Each variant's module as read back from its saved package (export_torch reads
+    # every package back after saving it): the gates below run on exactly those weights.
+    from_package: dict[str, Any] = {}
     arts = export_torch(result.model, example, folder, name, "features", [out_name],
-                        variants=variants, sample=torch.as_tensor(X))
+                        variants=variants, sample=torch.as_tensor(X), read_back=from_package)
     base_metrics, _ = net_metrics(result, result.model)
     float_size = arts["float32"].size_bytes
     report: dict[str, dict[str, Any]] = {}
     for variant in variants:
-        model = result.model if variant == "float32" else quantized_copy(
-            result.model, variant, arts[variant].path, example=example)
+        model = result.model if variant == "float32" else from_package[variant]
         metrics, _ = net_metrics(result, model)
         verdict = _verdict_for(result, metrics, settings)
         key = "rmse" if result.family == "zones" else "brier"
