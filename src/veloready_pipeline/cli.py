@@ -39,6 +39,9 @@ def _settings(config: Path | None, **overrides: object):  # noqa: ANN202
 def _quiet_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    # MLflow 3 sends usage telemetry from a background thread unless told not to; the
+    # pipeline runs on machines without internet (and the others' analytics are off).
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     # The local (ephemeral) API server can take well over the default 20 s to start on
     # a busy 2-core machine.
