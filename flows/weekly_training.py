@@ -95,6 +95,13 @@ def train_chunks(frame: Any, families: list[str], settings: Settings,
     # writers would only fight the training workers for the same cores).
     one_writer = settings.model_copy(update={
         "execution": settings.execution.model_copy(update={"local_workers": 1})})
+    # The runs already logged under this data hash, carried from chunk to chunk:
+    # registering a chunk reads only the runs logged since the previous one.
+    known_runs = None
+    if registry is not None:
+        from veloready_pipeline.registry import KnownRuns
+
+        known_runs = KnownRuns(registry.data_hash)
     results: list[ModelResult] = []
     outcomes: list[Any] = []
     bar = tqdm(total=len(ids) * len(families), desc="athlete models", unit="model",
@@ -107,7 +114,7 @@ def train_chunks(frame: Any, families: list[str], settings: Settings,
         results.extend(chunk_results)
         if registry is not None:
             done = register_models(chunk_results, one_writer, registry.data_hash,
-                                   registry.lineage, registry.workdir)
+                                   registry.lineage, registry.workdir, known_runs)
             outcomes.extend(done)
             # Only registered versions are exported later: drop the other models now
             # (the flow process would otherwise hold every trained network until the end).

@@ -47,14 +47,19 @@ def train_family_chunk(family: str, chunk_no: int, frame: pd.DataFrame, athlete_
 
 @task(name="register-models", cache_policy=NO_CACHE)
 def register_models(results: list[ModelResult], settings: Settings, data_hash: str,
-                    lineage: dict[str, str], workdir: Path) -> list[Any]:
-    """Log every model run to MLflow, register passing ones, move `champion` (one writer)."""
+                    lineage: dict[str, str], workdir: Path,
+                    known_runs: Any | None = None) -> list[Any]:
+    """Log every model run to MLflow, register passing ones, move `champion` (one writer).
+
+    ``known_runs`` (a `registry.KnownRuns`) carries the runs already logged under
+    ``data_hash`` from one chunk's call to the next.
+    """
     from veloready_pipeline.registry import register_results, residual_svg
 
     # Residual plots as hand-written SVG (the MLflow UI previews it) for every model.
     return register_results(results, settings, data_hash=data_hash, lineage=lineage,
                             score_fn=pipeline.score_model, plot_fn=residual_svg,
-                            workdir=workdir)
+                            workdir=workdir, known_runs=known_runs)
 
 
 @task(name="export-models", cache_policy=NO_CACHE, task_run_name="export-chunk-{chunk_no}")

@@ -85,3 +85,51 @@ def test_failed_gate_is_logged_but_never_registered(settings, tmp_path):
     assert client.get_run(out.run_id).data.tags["gate_passed"] == "false"
     assert client.search_model_versions(
         f"name = '{registered_name(settings, 'recovery', 'r2')}'") == []
+
+
+def _as_athlete(result, athlete_id):
+    other = copy.copy(result)
+    other.athlete_id = athlete_id
+    return other
+
+
+def test_known_runs_carry_a_weeks_runs_from_chunk_to_chunk(settings, good_result, tmp_path,
+                                                           monkeypatch):
+    """Chunked registration reads only the runs logged since its previous read, still
+    sees another writer's runs, and a re-run of a chunk reuses its runs."""
+    from veloready_pipeline import registry
+
+    read: list[int] = []
+    real = registry._existing_runs
+
+    def counting(client, data_hash=None, since_ms=None):
+        found = real(client, data_hash, since_ms)
+        read.append(len(found))
+        return found
+
+    monkeypatch.setattr(registry, "_existing_runs", counting)
+    monkeypatch.setattr(registry.KnownRuns, "MARGIN_MS", 0)  # one clock: no skew margin
+
+    def reg(athletes, known=None):
+        return register_results([_as_athlete(good_result, a) for a in athletes], settings,
+                                data_hash="wk", lineage={}, score_fn=score_model,
+                                plot_fn=None, workdir=tmp_path, known_runs=known)
+
+    known = registry.KnownRuns("wk")
+    first = reg(["a0", "a1", "a2"], known)           # reads 0 runs, logs 3
+    (other,) = reg(["a4"])                           # another writer: reads 3, logs a4
+    second = reg(["a4", "a5"], known)                # reads a0-a2 + a4 (new since read 1)
+    assert second[0].reused and second[0].run_id == other.run_id
+    assert not second[1].reused and second[1].version == "1"
+    again = reg(["a0", "a1", "a2"], known)           # reads a5 only
+    assert [o.run_id for o in again] == [o.run_id for o in first]
+    assert all(o.reused and o.version == "1" for o in again)
+    fresh = reg(["a5"], registry.KnownRuns("wk"))    # a new flow run: reads all 5
+    assert fresh[0].reused and fresh[0].run_id == second[1].run_id
+    assert read == [0, 3, 4, 1, 5]
+    client = MlflowClient(settings.mlflow_tracking_uri())
+    exp = client.get_experiment_by_name(registry.EXPERIMENT)
+    assert len(client.search_runs([exp.experiment_id])) == 5  # no duplicate anywhere
+    with pytest.raises(ValueError, match="data hash 'wk'"):
+        register_results([good_result], settings, data_hash="other", lineage={},
+                         score_fn=score_model, known_runs=known)

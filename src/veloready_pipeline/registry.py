@@ -147,11 +147,13 @@ def _flat(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}{k}": v for k, v in values.items()}
 
 
-def _existing_runs(client: MlflowClient, data_hash: str | None = None) -> dict[str, str]:
+def _existing_runs(client: MlflowClient, data_hash: str | None = None,
+                   since_ms: int | None = None) -> dict[str, str]:
     """fingerprint -> run_id for the runs that could match (one query per page).
 
     A fingerprint includes the data hash, so only runs tagged with the same hash can
     match: filtering on it keeps this query the size of one week, not of all history.
+    With ``since_ms``, only runs started at or after that time (epoch ms) are read.
     """
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is None:
@@ -161,6 +163,8 @@ def _existing_runs(client: MlflowClient, data_hash: str | None = None) -> dict[s
     where = "tags.fingerprint != ''"
     if data_hash:
         where += f" and tags.data_hash = '{data_hash}'"
+    if since_ms is not None:
+        where += f" and attributes.start_time >= {int(since_ms)}"
     while True:
         page = client.search_runs(
             [exp.experiment_id], filter_string=where,
@@ -173,6 +177,41 @@ def _existing_runs(client: MlflowClient, data_hash: str | None = None) -> dict[s
         token = page.token
         if not token:
             return out
+
+
+@dataclass
+class KnownRuns:
+    """The runs already logged for one data hash, kept current across `register_results`
+    calls (the weekly flow registers chunk after chunk under one hash).
+
+    Re-reading every run of the week for each chunk made registration grow with N:
+    MLflow loads each run whole (tags, params, metrics; ~1.2 ms a run on SQLite), so
+    the 60th chunk of a 1,000-athlete week read 3,000 runs (~3.6 s) to check 50. Here
+    the first call reads them all, later calls read only the runs started since the
+    previous read (less `MARGIN_MS` for clock skew between writers), and the runs a
+    call logs are added as it logs them. Runs deleted while the flow runs are not
+    noticed (a deleted run's work counts as done until the next flow run).
+    """
+
+    data_hash: str
+    runs: dict[str, str] = field(default_factory=dict)
+    since_ms: int | None = None
+    experiment_id: str | None = None
+
+    # Writers of one data hash run on one host (the flow process, or its local
+    # registry processes), so a few seconds cover commit delays; runs this close to
+    # the previous read are simply read twice.
+    MARGIN_MS = 5_000
+
+    def refresh(self, client: MlflowClient, experiment_id: str) -> dict[str, str]:
+        """Read the runs logged since the last refresh; returns fingerprint -> run id."""
+        if experiment_id != self.experiment_id:  # another store or a recreated experiment
+            self.runs, self.since_ms, self.experiment_id = {}, None, experiment_id
+        now_ms = int(time.time() * 1000)
+        since = None if self.since_ms is None else self.since_ms - self.MARGIN_MS
+        self.runs.update(_existing_runs(client, self.data_hash, since))
+        self.since_ms = now_ms
+        return self.runs
 
 
 def _existing_version(client: MlflowClient, name: str, fp: str) -> str | None:
@@ -306,6 +345,7 @@ def register_results(
     score_fn: Callable[[ModelResult, Any], float],
     plot_fn: Callable[[ModelResult, Path], Path] | None = None,
     workdir: Path | None = None,
+    known_runs: KnownRuns | None = None,
 ) -> list[RegistryOutcome]:
     """Log every trained result, register the passing ones, move ``champion``.
 
@@ -318,6 +358,9 @@ def register_results(
         plot_fn: writes a residual plot for a result into a folder and returns its path
             (the flow passes `residual_svg`: ~1 ms a model, where a matplotlib PNG costs
             ~0.3 s of CPU, a tenth of a model's whole training at 1,000 athletes).
+        known_runs: the runs already logged under ``data_hash``, carried from one call
+            to the next by a caller that registers in chunks (see `KnownRuns`);
+            without it each call reads every run logged under ``data_hash``.
 
     On a store that takes several writers (PostgreSQL, MySQL, an MLflow server) and
     with ``execution.local_workers`` > 1, the results are registered by that many
@@ -326,13 +369,24 @@ def register_results(
     """
     results = [r for r in results if r.status == "trained"]
     client = configure_mlflow(settings)  # schema + experiment before any worker starts
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    if known_runs is not None and known_runs.data_hash != data_hash:
+        raise ValueError(f"known_runs holds data hash {known_runs.data_hash!r}, "
+                         f"not {data_hash!r}")
     workers = _registry_workers(settings, len(results))
     if workers > 1:
-        return _register_in_processes(results, settings, workers, data_hash=data_hash,
+        if known_runs is not None:
+            known_runs.refresh(client, experiment_id)  # shards start from a current copy
+        done = _register_in_processes(results, settings, workers, data_hash=data_hash,
                                       lineage=lineage, score_fn=score_fn, plot_fn=plot_fn,
-                                      workdir=workdir)
-    seen = _existing_runs(client, data_hash)
-    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+                                      workdir=workdir, known_runs=known_runs)
+        if known_runs is not None:
+            for result, out in zip(results, done, strict=True):
+                if out.run_id:
+                    known_runs.runs[fingerprint(result, settings, data_hash)] = out.run_id
+        return done
+    seen = (known_runs.refresh(client, experiment_id) if known_runs is not None
+            else _existing_runs(client, data_hash))
     context_tags = resolve_tags({})  # user, source, git commit: resolved once per call
     outcomes: list[RegistryOutcome] = []
     for result in results:
@@ -379,7 +433,7 @@ def register_results(
         # Through the client, not the fluent API: create, log_batch, terminate.
         with _client_run(client, experiment_id, f"{result.family}-{result.athlete_id}",
                          context_tags | tags) as run:
-            out.run_id = run.info.run_id
+            out.run_id = seen[fp] = run.info.run_id
             client.log_batch(
                 run.info.run_id,
                 metrics=[
