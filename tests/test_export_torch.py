@@ -279,3 +279,52 @@ def test_a_package_of_another_model_is_refused(exported) -> None:
     torch.manual_seed(SEED + 1)
     with pytest.raises(ValueError, match="does not hold this weight"):
         read_back_state_dict(MLP(), arts["linear8"].path)
+
+
+def _trained_like(module: nn.Module, seed: int) -> nn.Module:
+    """Random weights and non-trivial normalisation buffers (a net as training leaves it:
+    with the default zero means and unit scales some ops would be no-ops)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand(tensor.shape, generator=gen) * 0.8 + 0.1)
+    return module.eval()
+
+
+def _spec_bytes(mlmodel) -> bytes:
+    spec = mlmodel.get_spec()
+    spec.description.metadata.ClearField("userDefined")  # coremltools' build info only
+    return spec.SerializeToString()
+
+
+def _search_space_nets():
+    from veloready_pipeline.config import load_settings
+    from veloready_pipeline.features_nets import FEATURE_NAMES_INJURY, FEATURE_NAMES_ZONES
+    from veloready_pipeline.models.injury import InjuryLSTM
+    from veloready_pipeline.models.zones import ZoneMLP
+
+    spaces = load_settings().tuning.spaces
+    for hidden in spaces["zones"].params["hidden"]:
+        yield f"zones-{hidden}", ZoneMLP(hidden=hidden), torch.rand(1, len(FEATURE_NAMES_ZONES))
+    for hidden in spaces["injury"].params["hidden"]:
+        yield (f"injury-{hidden}", InjuryLSTM(hidden=hidden),
+               torch.rand(1, 14, len(FEATURE_NAMES_INJURY)))
+
+
+def test_trimmed_pass_pipelines_give_the_packages_of_the_full_ones() -> None:
+    """Every architecture of the configured search spaces converts and compresses to the
+    same ML program with only the passes our nets need as with coremltools' defaults."""
+    from veloready_pipeline.export.coreml import compress_mlmodel, convert_torch_mlmodel
+
+    nets = list(_search_space_nets())
+    assert {n.split("-")[0] for n, _, _ in nets} == {"zones", "injury"}
+    for i, (name, module, example) in enumerate(nets):
+        module = _trained_like(module, SEED + i)
+        trimmed = convert_torch_mlmodel(module, example, "features", ["out"])
+        full = convert_torch_mlmodel(module, example, "features", ["out"], full_pipeline=True)
+        assert _spec_bytes(trimmed) == _spec_bytes(full), name
+        for variant in ("linear8", "palette4"):
+            a = compress_mlmodel(trimmed, variant)
+            b = compress_mlmodel(full, variant, full_pipeline=True)
+            assert _spec_bytes(a) == _spec_bytes(b), f"{name} {variant}"

@@ -572,12 +572,44 @@ def export_xgboost(booster: xgboost.Booster, feature_names: list[str], out_dir: 
 # ----------------------------------------------------------------------------- PyTorch
 
 
+# Of coremltools' default MIL pipeline (~90 graph passes, each followed by a validation
+# of the whole program) only these changed the programs our two networks trace to
+# (the zone MLP with its anchor transform; the injury LSTM with its normalisation and
+# sigmoid head), over 79 trained networks; the others found nothing to do and cost
+# ~32 ms of a ~85 ms conversion. Of the 19 clean-up passes run after compression only
+# const_deduplication changed anything; dead-code and const elimination stay in both
+# as a safety net. `tests/test_export_torch.py` converts every architecture of the
+# search spaces both ways and requires identical packages, so a coremltools upgrade
+# that makes another pass matter fails there. (The passes are optimisations: the
+# front- and back-end passes a valid ML program needs run either way.)
+NET_CONVERT_PASSES = frozenset({
+    "common::cast_optimization", "common::const_elimination", "common::dead_code_elimination",
+    "common::dedup_op_and_var_names", "common::divide_to_multiply", "common::noop_elimination",
+    "common::remove_redundant_ops", "common::topological_reorder",
+})
+NET_CLEANUP_PASSES = frozenset({
+    "common::const_deduplication", "common::const_elimination", "common::dead_code_elimination",
+})
+
+
+def _pass_pipeline(kind: str, full: bool) -> Any:
+    """coremltools' ``DEFAULT`` or ``CLEANUP`` pipeline, or its passes our nets need."""
+    from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipeline
+
+    pipeline = PassPipeline.DEFAULT if kind == "default" else PassPipeline.CLEANUP
+    if full:
+        return pipeline
+    keep = NET_CONVERT_PASSES if kind == "default" else NET_CLEANUP_PASSES
+    return PassPipeline([p for p in pipeline.passes if p in keep], f"veloready_nets_{kind}")
+
+
 def convert_torch_mlmodel(module: torch.nn.Module, example: torch.Tensor, input_name: str,
-                          output_names: Sequence[str]) -> Any:
+                          output_names: Sequence[str], *, full_pipeline: bool = False) -> Any:
     """Trace a module and convert it to a float32 Core ML ML program (iOS 17).
 
     ``torch.jit.trace`` rather than ``torch.export``: the latter fails on ``nn.LSTM`` in
     coremltools 9. ``compute_precision=FLOAT32`` because ML programs default to fp16.
+    Only the graph passes in `NET_CONVERT_PASSES` run unless ``full_pipeline``.
     """
     import torch
 
@@ -594,6 +626,7 @@ def convert_torch_mlmodel(module: torch.nn.Module, example: torch.Tensor, input_
                 convert_to="mlprogram",
                 compute_precision=ct.precision.FLOAT32,
                 minimum_deployment_target=ct.target.iOS17,
+                pass_pipeline=_pass_pipeline("default", full_pipeline),
             )
     finally:
         module.train(was_training)
@@ -617,7 +650,7 @@ def _recurrent_state_consts(mlmodel: Any) -> list[str]:
     return sorted(names)
 
 
-def compress_mlmodel(mlmodel: Any, variant: str) -> Any:
+def compress_mlmodel(mlmodel: Any, variant: str, *, full_pipeline: bool = False) -> Any:
     """The ``variant`` of a float32 ML program: as is, 8-bit linear or 4-bit palettized.
 
     * ``linear8``: symmetric per-output-channel int8 (``scale = max|w_row| / 127``).
@@ -644,10 +677,12 @@ def compress_mlmodel(mlmodel: Any, variant: str) -> Any:
                          f"{COREML_VARIANTS}")
     config = cto.OptimizationConfig(global_config=op_config, op_name_configs=skip)
     with _quiet():
-        return _apply_compression(mlmodel, pass_name, {"config": config, **options})
+        return _apply_compression(mlmodel, pass_name, {"config": config, **options},
+                                  full_pipeline)
 
 
-def _apply_compression(mlmodel: Any, pass_name: str, options: dict[str, Any]) -> Any:
+def _apply_compression(mlmodel: Any, pass_name: str, options: dict[str, Any],
+                       full_pipeline: bool = False) -> Any:
     """``cto.linear_quantize_weights`` / ``palettize_weights`` with a cleanup-only pipeline.
 
     The public functions run coremltools' whole default pass pipeline (~100 graph
@@ -656,11 +691,11 @@ def _apply_compression(mlmodel: Any, pass_name: str, options: dict[str, Any]) ->
     dequantize ops, so the cleanup passes (dead code, const elimination, casts) are all
     the re-conversion needs. Same pass, same options, same ``constexpr`` ops in the
     package; `quantize.read_back_state_dict` re-reads every saved package anyway.
+    Of those only `NET_CLEANUP_PASSES` run unless ``full_pipeline``.
     """
     ct = _ct()
     from coremltools.converters.mil.converter import mil_convert
     from coremltools.converters.mil.mil.passes.graph_pass import PassOption
-    from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipeline
     from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
     from coremltools.models import utils as ct_utils
 
@@ -673,7 +708,7 @@ def _apply_compression(mlmodel: Any, pass_name: str, options: dict[str, Any]) ->
         specification_version=max(spec.specificationVersion,
                                   ct._SPECIFICATION_VERSION_IOS_16),
         compute_units=mlmodel.compute_unit, model_description=spec.description,
-        skip_model_load=True, pass_pipeline=PassPipeline.CLEANUP,
+        skip_model_load=True, pass_pipeline=_pass_pipeline("cleanup", full_pipeline),
     )
 
 
