@@ -146,7 +146,8 @@ def _challenger(client: MlflowClient, name: str, version: str) -> Challenger | N
         try:
             run = client.get_run(run_id)
             run_tags, run_metrics = dict(run.data.tags), dict(run.data.metrics)
-            plots = [a.path for a in client.list_artifacts(run_id) if a.path.endswith((".png", ".svg"))]
+            plots = [a.path for a in client.list_artifacts(run_id)
+                     if a.path.endswith((".png", ".svg"))]
             plot_uri = f"{run.info.artifact_uri}/{plots[0]}" if plots else ""
         except MlflowException:
             pass
