@@ -39,14 +39,8 @@ import numpy as np
 import pandas as pd
 
 from veloready_pipeline.config import load_settings
-from veloready_pipeline.features_nets import (
-    ADAPTATION_DAYS,
-    NetDataset,
-    make_zone_dataset,
-    zone_feature_frame,
-)
+from veloready_pipeline.features_nets import NetDataset, make_zone_dataset, zone_feature_frame
 from veloready_pipeline.gates import GateVerdict, regression_metrics
-from veloready_pipeline.load import ewma_load
 from veloready_pipeline.models.nets import zone_verdict
 from veloready_pipeline.simulate import simulate_athletes
 
@@ -60,6 +54,16 @@ def failure_kind(verdict: GateVerdict) -> str:
     return "both" if names == {True, False} else "baseline" if True in names else "threshold"
 
 
+def verdict_of(ds: NetDataset, pred: np.ndarray, thresholds: Any) -> GateVerdict:
+    """The zone gate on FTP predictions ``pred`` for the scored tests, with the
+    last-test baseline on the same rows (as `models.zones.evaluate_zone_model`)."""
+    te = ds.test_idx
+    y = ds.y[te, 0].astype(float)
+    b = regression_metrics(y, ds.baseline[te].astype(float))
+    return zone_verdict(regression_metrics(y, pred),
+                        {"last_test_rmse": b["rmse"], "last_test_mae": b["mae"]}, thresholds)
+
+
 def oracle_verdict(ds: NetDataset, latent_ftp: dict[Any, float], thresholds: Any
                    ) -> tuple[GateVerdict, float, np.ndarray]:
     """The gate verdict of predicting the latent FTP on every scored test day, the
@@ -67,38 +71,25 @@ def oracle_verdict(ds: NetDataset, latent_ftp: dict[Any, float], thresholds: Any
     te = ds.test_idx
     y = ds.y[te, 0].astype(float)
     pred = np.array([latent_ftp[d] for d in ds.dates[te]], dtype=float)
-    base = ds.baseline[te].astype(float)
-    metrics = regression_metrics(y, pred)
-    b = regression_metrics(y, base)
-    verdict = zone_verdict(metrics, {"last_test_rmse": b["rmse"], "last_test_mae": b["mae"]},
-                           thresholds)
-    return verdict, float(np.abs(y - base).min()), pred - y
+    last_err = float(np.abs(y - ds.baseline[te].astype(float)).min())
+    return verdict_of(ds, pred, thresholds), last_err, pred - y
 
 
 def ctl_rule_verdict(ds: NetDataset, rows: pd.DataFrame, gain: float, thresholds: Any
                      ) -> GateVerdict:
     """The gate verdict of the CTL rule (module docstring) on the scored tests."""
-    feats = zone_feature_frame(rows)
-    ctl = feats["ctl"].bfill()
-    adapted = pd.Series(ewma_load(ctl.to_numpy(), ADAPTATION_DAYS, float(ctl.iloc[0])),
-                        index=feats.index)
-    days = [pd.Timestamp(d) for d in ds.dates[ds.test_idx]]
-    change = feats["adapted_ctl_change_since_test"].loc[days].to_numpy()
-    last = feats["last_test_ftp_w"].loc[days].to_numpy()
-    pred = last * (1 + gain * change / (adapted.loc[days].to_numpy() - change))
-    te = ds.test_idx
-    y = ds.y[te, 0].astype(float)
-    metrics = regression_metrics(y, pred)
-    b = regression_metrics(y, ds.baseline[te].astype(float))
-    return zone_verdict(metrics, {"last_test_rmse": b["rmse"], "last_test_mae": b["mae"]},
-                        thresholds)
+    feats = zone_feature_frame(rows).loc[[pd.Timestamp(d) for d in ds.dates[ds.test_idx]]]
+    change = feats["adapted_ctl_change_since_test"].to_numpy()
+    at_test = feats["adapted_ctl"].to_numpy() - change  # smoothed CTL on the last test day
+    pred = feats["last_test_ftp_w"].to_numpy() * (1 + gain * change / at_test)
+    return verdict_of(ds, pred, thresholds)
 
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings(seed=seed, tuning={"n_trials": args.trials})
     thresholds = settings.gates["zones"]
     sim = simulate_athletes(args.athletes, args.days, seed=seed, profile="realistic")
-    latent = sim.latent
+    latent = dict(tuple(sim.latent.groupby("athlete_id", sort=False)))
     datasets: dict[str, NetDataset] = {}
     frames: dict[str, pd.DataFrame] = {}
     for aid, rows in sim.frame.groupby("athlete_id", sort=True):
@@ -111,7 +102,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     close_last = 0
     errors: list[np.ndarray] = []
     for aid, ds in scored.items():
-        lat = latent[latent["athlete_id"] == aid]
+        lat = latent[aid]
         days = lat["date"].to_numpy().astype("datetime64[D]")
         by_day = dict(zip(days, lat["ftp_w"].to_numpy(), strict=True))
         verdict, last_err, err = oracle_verdict(ds, by_day, thresholds)

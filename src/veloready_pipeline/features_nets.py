@@ -193,7 +193,8 @@ def _empty(athlete_id: str, family: str, names: list[str], reason: str, x_shape:
 
 def zone_feature_frame(athlete_frame: pd.DataFrame) -> pd.DataFrame:
     """Daily zone features on the calendar, each from data strictly before the day
-    (the morning recovery score excepted), plus ``ftp_test_w`` for labelling."""
+    (the morning recovery score excepted), plus ``ftp_test_w`` for labelling and
+    ``adapted_ctl`` (the smoothed CTL the change-since-test inputs are taken from)."""
     cal = to_calendar(athlete_frame)
     out = pd.DataFrame(index=cal.index)
     for d, col in zip(POWER_DURATIONS_S, POWER_COLUMNS, strict=True):
@@ -225,6 +226,7 @@ def zone_feature_frame(athlete_frame: pd.DataFrame) -> pd.DataFrame:
     adapted = pd.Series(ewma_load(ctl_past.to_numpy(), ADAPTATION_DAYS, float(ctl_past.iloc[0]))
                         if len(ctl_past) else np.array([]), index=cal.index)
     out["adapted_ctl_change_since_test"] = adapted - adapted.where(tested).shift(1).ffill()
+    out["adapted_ctl"] = adapted  # not a network input (diagnostics, bench/zones_ceiling.py)
     out["ftp_test_w"] = ftp
     return out
 
