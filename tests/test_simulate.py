@@ -20,6 +20,7 @@ from veloready_pipeline.simulate import (
     SimulationResult,
     describe_calibration,
     simulate_athletes,
+    truth_paths,
     write_simulation,
 )
 
@@ -112,10 +113,13 @@ def test_write_simulation_writes_all_files_atomically(small: SimulationResult, t
     out = write_simulation(small, tmp_path / "sim")
     assert out == tmp_path / "sim" / "athletes.parquet"
     names = sorted(p.name for p in (tmp_path / "sim").iterdir())
-    assert names == ["athlete_params.parquet", "athletes.parquet", "latent.parquet", "truth.json"]
+    assert names == ["athletes.parquet", "truth", "truth.json"]
+    hidden = sorted(p.name for p in (tmp_path / "sim" / "truth").iterdir())
+    assert hidden == ["athlete_params.parquet", "latent.parquet"]
+    assert truth_paths(tmp_path / "sim")["latent"] == tmp_path / "sim" / "truth" / "latent.parquet"
     back = pd.read_parquet(out)
     pd.testing.assert_frame_equal(back, small.frame, check_dtype=False)
-    params = pd.read_parquet(tmp_path / "sim" / "athlete_params.parquet")
+    params = pd.read_parquet(truth_paths(tmp_path / "sim")["params"])
     assert {"baseline_hrv", "baseline_rhr", "load_sensitivity", "ftp0", "w_prime"} <= set(
         params.columns
     )
@@ -125,6 +129,27 @@ def test_write_simulation_writes_all_files_atomically(small: SimulationResult, t
     assert truth["noise_floor"]["recovery_rmse"] == pytest.approx(
         small.noise_floor["recovery_rmse"]
     )
+    assert truth["truth_files"] == ["truth/athlete_params.parquet", "truth/latent.parquet"]
+
+
+def test_simulation_folder_reads_as_the_athletes_only(small: SimulationResult, tmp_path) -> None:
+    """`simulate --out D` then `train --data D`: the folder source sees only the athletes.
+
+    Truth files an older version wrote beside the data are removed on rewrite.
+    """
+    from veloready_pipeline.config import SourceSettings
+    from veloready_pipeline.sources import detect_source_name, make_source
+
+    folder = tmp_path / "sim"
+    folder.mkdir()
+    small.latent.to_parquet(folder / "latent.parquet")  # the old layout
+    write_simulation(small, folder)
+    assert not (folder / "latent.parquet").exists()
+    assert detect_source_name(str(folder)) == "canonical"
+    loaded = make_source(SourceSettings(name="auto", path=str(folder))).load()
+    assert len(loaded.frame) == len(small.frame)
+    assert not loaded.frame.duplicated(["athlete_id", "date"]).any()
+    assert set(loaded.frame["athlete_id"]) == set(small.frame["athlete_id"])
 
 
 # -------------------------------------------------------------------- calibration

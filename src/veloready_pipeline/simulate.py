@@ -1038,14 +1038,30 @@ def _atomic_write(path: Path, writer: Callable[[Path], object]) -> None:
             tmp.unlink()
 
 
+#: Sub-folder of a simulation folder that holds the hidden truth (no data reader looks
+#: inside it: a canonical folder source reads only the files directly in the folder).
+TRUTH_DIR = "truth"
+#: The hidden-truth Parquet files, written under `TRUTH_DIR`.
+TRUTH_FILES: tuple[str, ...] = ("athlete_params.parquet", "latent.parquet")
+
+
+def truth_paths(out_dir: Path) -> dict[str, Path]:
+    """Where `write_simulation` puts the hidden truth of ``out_dir``: ``params``, ``latent``."""
+    base = Path(out_dir) / TRUTH_DIR
+    return {"params": base / "athlete_params.parquet", "latent": base / "latent.parquet"}
+
+
 def write_simulation(result: SimulationResult, out_dir: Path) -> Path:
     """Write a simulation atomically and return the canonical Parquet path.
 
-    Files: ``athletes.parquet`` (canonical rows), ``athlete_params.parquet`` (hidden
-    parameters), ``latent.parquet`` (hidden daily truth) and ``truth.json`` (noise
-    floor, profile, seed, size). Each is written to a temporary file and renamed, so a
-    reader never sees half a file; ``truth.json`` goes last. Point a canonical source at
-    the returned file, not at ``out_dir``: the folder also holds the truth files.
+    Files: ``athletes.parquet`` (canonical rows, the only data file), ``truth.json``
+    (noise floor, profile, seed, size) and, under ``truth/``, the hidden truth:
+    ``truth/athlete_params.parquet`` (hidden parameters) and ``truth/latent.parquet``
+    (hidden daily truth). The truth Parquet files live in a sub-folder so that
+    ``veloready train --data out_dir`` reads only the athletes (a folder source does not
+    descend into sub-folders). Truth files an older version wrote beside the data are
+    removed. Each file is written to a temporary file and renamed, so a reader never
+    sees half a file; ``truth.json`` goes last.
     """
     out_dir = Path(out_dir)
     rows = result.frame
@@ -1068,14 +1084,20 @@ def write_simulation(result: SimulationResult, out_dir: Path) -> Path:
             "present and whose next-day recovery is observed; Monte Carlo variance "
             "subtracted"
         ),
+        "truth_files": [f"{TRUTH_DIR}/{name}" for name in TRUTH_FILES
+                        if name != "latent.parquet" or len(result.latent)],
     }
+    paths = truth_paths(out_dir)
+    paths["params"].parent.mkdir(parents=True, exist_ok=True)
     out = out_dir / "athletes.parquet"
     _atomic_write(out, lambda p: rows.to_parquet(p, index=False))
-    _atomic_write(out_dir / "athlete_params.parquet",
-                  lambda p: result.athletes.to_parquet(p, index=False))
+    _atomic_write(paths["params"], lambda p: result.athletes.to_parquet(p, index=False))
     if len(result.latent):
-        _atomic_write(out_dir / "latent.parquet",
-                      lambda p: result.latent.to_parquet(p, index=False))
+        _atomic_write(paths["latent"], lambda p: result.latent.to_parquet(p, index=False))
+    elif paths["latent"].exists():
+        paths["latent"].unlink()  # a stale truth of an earlier simulation
+    for legacy in TRUTH_FILES:  # where versions before the truth/ folder wrote them
+        (out_dir / legacy).unlink(missing_ok=True)
     _atomic_write(out_dir / "truth.json",
                   lambda p: p.write_text(json.dumps(truth, indent=2), encoding="utf-8"))
     return out
