@@ -263,6 +263,66 @@ def test_same_day_rows_last_wins_and_is_reported(tmp_path: Path) -> None:
     ]
 
 
+def test_same_day_is_resolved_by_time_not_file_order(tmp_path: Path) -> None:
+    # Newest first, as Whoop writes it: the 07:40 row is the later one of 2 March.
+    f = write(tmp_path / "x.csv",
+              "who,day,rmssd,load\n"
+              "a,2024-03-02 07:40,60,20\n"
+              "a,2024-03-02 05:10,50,10\n"
+              "a,2024-03-01 06:00,55,0\n")
+    latest = GenericCsvSource(mapping(), path=f).load()
+    assert latest.frame.set_index("date").loc["2024-03-02", "hrv_ms"] == 60
+    [issue] = latest.issues
+    assert (issue.line, severity_of(issue)) == (3, "warning")
+    assert "superseded: x.csv:2" in issue.message and "07:40" in issue.message
+    assert ("1 row(s) superseded on 1 day(s) with several rows (same_day keep: latest by "
+            "day; each listed as a warning)") in latest.notes["a"]
+    earliest = GenericCsvSource(mapping(same_day="earliest"), path=f).load()
+    assert earliest.frame.set_index("date").loc["2024-03-02", "hrv_ms"] == 50
+    assert [i.line for i in earliest.issues] == [2]
+    # Legacy key and the new one agree; a contradiction is named.
+    both = GenericCsvSource(mapping(same_day={"keep": "combine"}), path=f).load()
+    legacy = GenericCsvSource(mapping(combine_same_day=True), path=f).load()
+    pd.testing.assert_frame_equal(both.frame, legacy.frame)
+    assert both.frame.set_index("date").loc["2024-03-02", "tss"] == 30
+    assert "2 rows combined into 1" in both.notes["a"]
+    with pytest.raises(ValueError, match="combine_same_day.*contradicts"):
+        load_mapping(mapping(combine_same_day=True, same_day="latest"))
+    with pytest.raises(ValueError, match="same_day.keep"):
+        load_mapping(mapping(same_day="newest"))
+
+
+def test_same_day_by_another_column_and_open_rows(tmp_path: Path) -> None:
+    """Whoop-like: day from the wake time, order by the cycle start; open cycle skipped."""
+    f = write(tmp_path / "x.csv",
+              "who,start,wake,rmssd\n"
+              "a,2024-03-03 23:10,,70\n"  # open cycle: no wake time yet
+              "a,2024-03-02 13:00,2024-03-02 14:00,40\n"  # a nap cycle, later start
+              "a,2024-03-01 23:00,2024-03-02 07:00,60\n"
+              "a,2024-03-01 02:00,2024-03-01 09:00,55\n")
+    m = mapping(date={"column": "wake"}, same_day={"by": "start", "keep": "earliest"},
+                fields={"hrv_ms": "rmssd"})
+    result = GenericCsvSource(m, path=f).load()
+    assert result.frame.set_index("date")["hrv_ms"].to_dict() == {
+        pd.Timestamp("2024-03-01"): 55, pd.Timestamp("2024-03-02"): 60}
+    by_line = {i.line: (i.column, severity_of(i), i.message) for i in result.issues}
+    assert set(by_line) == {2, 3}
+    assert by_line[2][:2] == ("wake", "warning") and "open cycle" in by_line[2][2]
+    assert by_line[3][:2] == ("start", "warning") and "superseded" in by_line[3][2]
+    assert "same_day keep: earliest by start" in result.notes["a"]
+
+
+def test_ten_point_score_is_noted(tmp_path: Path) -> None:
+    rows = "".join(f"a,2024-01-{d:02d},{5 + d % 4}\n" for d in range(1, 13))
+    f = write(tmp_path / "x.csv", "who,day,ready\n" + rows)
+    result = GenericCsvSource(mapping(fields={"recovery_score": "ready"}), path=f).load()
+    assert "recovery_score values all lie within 0-10" in result.notes["a"]
+    scaled = GenericCsvSource(
+        mapping(fields={"recovery_score": {"column": "ready", "scale": [0, 10]}}), path=f
+    ).load()
+    assert "within 0-10" not in scaled.notes.get("a", "")
+
+
 def test_combine_same_day_aggregates_per_field(tmp_path: Path) -> None:
     f = write(tmp_path / "x.csv",
               "who,day,rmssd,load,beer\n"

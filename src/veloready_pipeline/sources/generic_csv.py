@@ -41,10 +41,21 @@ Mapping format (every key is checked; a wrong key or value fails with the key's 
       injury: {column: injury_level, convert: nonzero_to_flag}
       planned_tss: {column: plan, multiply: 1.0, offset: 0.0}
 
-    # Several rows on one local day (e.g. one row per workout): false (default) keeps
-    # the last row and reports the others; true combines them per field (`aggregate:`
-    # sum for tss/planned_tss/session_load, max for flags and power, mean otherwise).
-    combine_same_day: false
+    # Several rows on one local day (two cycles ending the same morning, one row per
+    # workout, a re-synced record). Resolved by *time*, never by file order (Whoop
+    # exports are newest-first, most others oldest-first):
+    same_day:
+      keep: latest       # latest (default): the row with the latest time wins;
+                         # earliest: the earliest wins; combine: all rows are merged
+                         # per field (`aggregate:` sum for tss/planned_tss/session_load/
+                         # load_au, max for flags and power, mean otherwise; first/last
+                         # in time order)
+      by: "Cycle start time"   # optional: the column whose timestamp orders the rows
+                               # of one day (default: the date column's own time);
+                               # parsed with the date section's zones
+      format: "%Y-%m-%d %H:%M:%S"   # optional strptime format of `by`
+    # `same_day: combine` is short for `same_day: {keep: combine}`;
+    # `combine_same_day: true` (older files) means the same.
 
 Per field, in this order: ``values`` (text -> number), parse the number (a decimal
 comma is accepted), ``convert``, ``scale``, ``multiply``, ``offset``. Conversions:
@@ -62,11 +73,19 @@ comma is accepted), ``convert``, ``scale``, ``multiply``, ``offset``. Conversion
 - ``nonzero_to_flag``: any non-zero number -> 1, zero -> 0 (injury, alcohol).
 
 Values are never clipped: out-of-range results go to validation, which names them.
-Rows this source cannot use (no date, unparseable date, no athlete) are reported with
-file and line and left out; a value that is not a number is reported and left empty.
-Those are errors (`ParseIssue`). Problems the source settles itself are warnings
-(`ResolvedIssue`): a row superseded by a later one on the same day, a file without a
-mapped column (that field is empty for the file, like a missing sensor).
+Rows this source cannot use (unparseable date, no athlete) are reported with file and
+line and left out; a value that is not a number is reported and left empty. Those are
+errors (`ParseIssue`). Problems the source settles itself are warnings
+(`ResolvedIssue`): a row superseded by another of the same day (``same_day``), a row
+whose date cell is empty (an unfinished record such as Whoop's open cycle without a
+wake time: it belongs to no day yet), a file without a mapped column (that field is
+empty for the file, like a missing sensor). Per athlete, the notes count the
+superseded rows and say which rule kept which row, and flag a 0-100 field whose values
+all lie within 0-10 (probably a 0-10 score mapped without ``scale: [0, 10]``).
+
+Rows within a day are ordered by their time (``same_day.by``, else the date column);
+rows whose time cannot be read sort before any timed row, and rows with equal times
+keep file order (the later line counts as later), which the message then says.
 """
 
 from __future__ import annotations
@@ -208,6 +227,19 @@ class FieldSpec(BaseModel):
         return self
 
 
+SameDayKeep = Literal["latest", "earliest", "combine"]
+
+
+class SameDaySpec(BaseModel):
+    """How several rows of one athlete and local day become one (module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep: SameDayKeep = "latest"
+    by: str | None = None
+    format: str | None = None
+
+
 class GenericMapping(BaseModel):
     """A whole mapping file (see the module docstring)."""
 
@@ -219,7 +251,29 @@ class GenericMapping(BaseModel):
     athlete: AthleteSpec
     date: DateSpec
     fields: dict[str, FieldSpec]
+    same_day: SameDaySpec = Field(default_factory=SameDaySpec)
     combine_same_day: bool = False
+
+    @field_validator("same_day", mode="before")
+    @classmethod
+    def _same_day_short_form(cls, value: Any) -> Any:
+        return {"keep": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _same_day_consistent(self) -> GenericMapping:
+        if self.combine_same_day:
+            if "same_day" in self.model_fields_set and self.same_day.keep != "combine":
+                raise ValueError(
+                    f"combine_same_day: true contradicts same_day.keep: {self.same_day.keep}; "
+                    "give only same_day"
+                )
+            self.same_day = self.same_day.model_copy(update={"keep": "combine"})
+        return self
+
+    @property
+    def time_column(self) -> str:
+        """The column whose timestamp orders the rows of one day."""
+        return self.same_day.by or self.date.column
 
     @field_validator("fields", mode="before")
     @classmethod
@@ -345,6 +399,14 @@ def _looks_numeric(text: str) -> bool:
 def parse_local_date(raw: object, spec: DateSpec) -> pd.Timestamp:
     """The athlete's local calendar day (midnight, naive) of one date cell.
 
+    The day of `parse_local_time`; raises as it does.
+    """
+    return parse_local_time(raw, spec).normalize()
+
+
+def parse_local_time(raw: object, spec: DateSpec) -> pd.Timestamp:
+    """The athlete's local wall-clock time (naive) of one date cell.
+
     Zoned timestamps are converted to ``spec.timezone`` (or, without one, kept at the
     wall-clock time they were written in); naive timestamps are taken as local unless
     ``spec.source_timezone`` says in which zone they were written.
@@ -381,7 +443,7 @@ def parse_local_date(raw: object, spec: DateSpec) -> pd.Timestamp:
         ts = ts.tz_convert(spec.timezone)
     if ts.tzinfo is not None:
         ts = ts.tz_localize(None)
-    return ts.normalize()
+    return ts
 
 
 # --------------------------------------------------------------------------- rows
@@ -419,15 +481,28 @@ def athlete_from_filename(path: Path, spec: AthleteSpec) -> str | None:
     return match.group(1) if match.groups() else match.group(0)
 
 
+_EMPTY_DATE = ("date is empty (an unfinished record, e.g. an open cycle without a wake "
+               "time: it belongs to no day yet); row skipped")
+
+
 def map_rows(rows: Iterable[RawRow], mapping: GenericMapping) -> MappedRows:
     """Apply the athlete, date and field rules to raw rows.
 
     Rows without a usable athlete or date are reported and left out (there is no day
-    to put them on); bad values are reported and left empty.
+    to put them on); bad values are reported and left empty. An empty date cell is a
+    warning (an unfinished record), an unreadable one an error. Each record keeps its
+    local time (``_time``, NaT when unknown) and its place in the input (``_order``) for
+    `collapse_days`.
     """
     out = MappedRows()
     date_cache: dict[object, pd.Timestamp | ValueError] = {}
-    for row in rows:
+    time_cache: dict[object, pd.Timestamp] = {}
+    by = mapping.same_day.by
+    by_spec = None
+    if by is not None:
+        by_spec = mapping.date.model_copy(update={"column": by,
+                                                  "format": mapping.same_day.format})
+    for order, row in enumerate(rows):
         if mapping.athlete.column is not None:
             athlete_raw = row.values.get(mapping.athlete.column)
             athlete = None if is_missing(athlete_raw) else str(athlete_raw).strip()
@@ -440,11 +515,15 @@ def map_rows(rows: Iterable[RawRow], mapping: GenericMapping) -> MappedRows:
                                          "no athlete id; row skipped"))
             continue
         raw_date = row.values.get(mapping.date.column)
+        if is_missing(raw_date):
+            out.issues.append(ResolvedIssue(athlete, row.file, row.line, mapping.date.column,
+                                            _EMPTY_DATE))
+            continue
         key = raw_date if isinstance(raw_date, (str, int, float)) else repr(raw_date)
         parsed = date_cache.get(key)
         if parsed is None:
             try:
-                parsed = parse_local_date(raw_date, mapping.date)
+                parsed = parse_local_time(raw_date, mapping.date)
             except ValueError as exc:
                 parsed = exc
             date_cache[key] = parsed
@@ -452,8 +531,19 @@ def map_rows(rows: Iterable[RawRow], mapping: GenericMapping) -> MappedRows:
             out.issues.append(ParseIssue(athlete, row.file, row.line, mapping.date.column,
                                          f"{parsed}; row skipped"))
             continue
-        record: dict[str, object] = {"athlete_id": athlete, "date": parsed,
-                                     "_file": row.file, "_line": row.line}
+        when = parsed
+        if by_spec is not None:
+            raw_time = row.values.get(by_spec.column)
+            tkey = raw_time if isinstance(raw_time, (str, int, float)) else repr(raw_time)
+            if tkey not in time_cache:
+                try:
+                    time_cache[tkey] = parse_local_time(raw_time, by_spec)
+                except ValueError:
+                    time_cache[tkey] = pd.NaT
+            when = time_cache[tkey]
+        record: dict[str, object] = {"athlete_id": athlete, "date": parsed.normalize(),
+                                     "_file": row.file, "_line": row.line,
+                                     "_time": when, "_order": order}
         for name, spec in mapping.fields.items():
             if spec.column not in row.values:
                 continue
@@ -473,40 +563,122 @@ def map_rows(rows: Iterable[RawRow], mapping: GenericMapping) -> MappedRows:
     return out
 
 
-def collapse_days(
-    records: list[dict[str, object]], mapping: GenericMapping
-) -> tuple[list[dict[str, object]], list[ParseIssue]]:
-    """One record per athlete and local day.
+def _time_key(rec: dict[str, object]) -> tuple[int, pd.Timestamp, int]:
+    """Sort key of a record within its day: unknown time first, then time, then order."""
+    when = rec.get("_time")
+    known = isinstance(when, pd.Timestamp) and when is not pd.NaT
+    return (1 if known else 0, when if known else pd.Timestamp.min,  # type: ignore[return-value]
+            int(rec.get("_order", 0)))  # type: ignore[call-overload]
 
-    With ``combine_same_day`` every row contributes through its field's aggregate;
-    otherwise the last row of the day wins and each earlier one is reported.
+
+def _where(rec: dict[str, object]) -> str:
+    return f"{Path(str(rec['_file'])).name}:{rec['_line']}"
+
+
+def _when_text(rec: dict[str, object]) -> str:
+    when = rec.get("_time")
+    if not isinstance(when, pd.Timestamp) or when is pd.NaT:
+        return "no readable time"
+    return str(when)
+
+
+def collapse_days(
+    records: list[dict[str, object]], mapping: GenericMapping,
+    notes: dict[str, list[str]] | None = None,
+) -> tuple[list[dict[str, object]], list[ParseIssue]]:
+    """One record per athlete and local day, by ``mapping.same_day`` (module docstring).
+
+    With ``keep: latest``/``earliest`` every other row of the day is reported as a
+    superseded warning naming the row kept and both times. With ``keep: combine`` every
+    row contributes through its field's aggregate. When ``notes`` is given, each
+    athlete with same-day rows gets one line there: how many rows were superseded (or
+    combined) and by which rule.
     """
     groups: dict[tuple[str, pd.Timestamp], list[dict[str, object]]] = {}
     for rec in records:
-        groups.setdefault((str(rec["athlete_id"]), rec["date"]), []).append(rec)
+        groups.setdefault((str(rec["athlete_id"]), rec["date"]), []).append(rec)  # type: ignore[arg-type]
     out: list[dict[str, object]] = []
     issues: list[ParseIssue] = []
+    keep = mapping.same_day.keep
+    by = mapping.time_column
+    counts: dict[str, list[int]] = {}  # athlete -> [days with several rows, extra rows]
     for (athlete, day), group in groups.items():
         if len(group) == 1:
             out.append(group[0])
             continue
-        if not mapping.combine_same_day:
-            kept = group[-1]
-            for rec in group[:-1]:
+        tally = counts.setdefault(athlete, [0, 0])
+        tally[0] += 1
+        tally[1] += len(group) - 1
+        ordered = sorted(group, key=_time_key)
+        if keep != "combine":
+            kept = ordered[-1] if keep == "latest" else ordered[0]
+            for rec in group:
+                if rec is kept:
+                    continue
+                tie = _time_key(rec)[:2] == _time_key(kept)[:2]
+                why = (f"same time ({_when_text(rec)}); the "
+                       f"{'later' if keep == 'latest' else 'earlier'} line in the input wins"
+                       if tie else
+                       f"{by} {_when_text(kept)} is {'later' if keep == 'latest' else 'earlier'}"
+                       f" than this row's {_when_text(rec)}")
                 issues.append(ResolvedIssue(
-                    athlete, str(rec["_file"]), rec["_line"], mapping.date.column,  # type: ignore[arg-type]
-                    f"another row for {day.date()} follows at {kept['_file']}:{kept['_line']}; "
-                    "this row is superseded (set combine_same_day: true to aggregate)",
+                    athlete, str(rec["_file"]), rec["_line"], by,  # type: ignore[arg-type]
+                    f"superseded: {_where(kept)} is another row for {day.date()} and is kept "
+                    f"(same_day keep: {keep}; {why})",
                 ))
             out.append(kept)
             continue
         merged: dict[str, object] = {"athlete_id": athlete, "date": day,
-                                     "_file": group[0]["_file"], "_line": group[0]["_line"]}
+                                     "_file": ordered[0]["_file"], "_line": ordered[0]["_line"]}
         for name, spec in mapping.fields.items():
-            values = [r[name] for r in group if name in r and not is_missing(r[name])]
+            values = [r[name] for r in ordered if name in r and not is_missing(r[name])]
             merged[name] = _aggregate(name, spec, values)
         out.append(merged)
+    if notes is not None:
+        for athlete, (days, extra) in sorted(counts.items()):
+            if keep == "combine":
+                line = (f"{days} day(s) had several rows: {days + extra} rows combined into "
+                        f"{days} (same_day keep: combine; sum for loads, max for flags and "
+                        "power, mean otherwise)")
+            else:
+                line = (f"{extra} row(s) superseded on {days} day(s) with several rows "
+                        f"(same_day keep: {keep} by {by}; each listed as a warning)")
+            notes.setdefault(athlete, []).append(line)
     return out, issues
+
+
+#: Canonical 0-100 score fields whose values are checked for a 0-10 scale.
+SCORE_FIELDS: tuple[str, ...] = tuple(
+    name for name, col in COLUMNS_BY_NAME.items() if col.unit == "0-100"
+)
+
+
+def ten_point_notes(records: list[dict[str, object]], mapping: GenericMapping,
+                    min_values: int = 10) -> dict[str, list[str]]:
+    """Per athlete: 0-100 score fields mapped as-is whose values all lie within 0-10.
+
+    Such a field is almost surely a 0-10 score (a 70 % readiness is not written 7);
+    the mapping decides (``scale: [0, 10]``), this only says so. ``min_values`` guards
+    against a handful of genuinely low scores.
+    """
+    fields = [n for n in SCORE_FIELDS if n in mapping.fields
+              and mapping.fields[n].scale is None and mapping.fields[n].convert is None
+              and mapping.fields[n].multiply == 1.0]
+    seen: dict[tuple[str, str], list[float]] = {}
+    for rec in records:
+        for name in fields:
+            v = rec.get(name)
+            if isinstance(v, float) and not math.isnan(v):
+                seen.setdefault((str(rec["athlete_id"]), name), []).append(v)
+    notes: dict[str, list[str]] = {}
+    for (athlete, name), values in sorted(seen.items()):
+        if len(values) >= min_values and max(values) <= 10.0:
+            notes.setdefault(athlete, []).append(
+                f"{name} values all lie within 0-10 ({len(values)} values, max "
+                f"{max(values):g}) though the column is 0-100: a 0-10 score? map it with "
+                f"scale: [0, 10] (column {mapping.fields[name].column!r})"
+            )
+    return notes
 
 
 def _aggregate(name: str, spec: FieldSpec, values: list[object]) -> object:
@@ -646,8 +818,10 @@ class GenericCsvSource:
                 f"({len(issues)} problem(s); first: "
                 f"{issues[0].message if issues else 'files are empty'})"
             )
-        records, dup_issues = collapse_days(mapped.records, self.mapping)
+        same_day: dict[str, list[str]] = {}
+        records, dup_issues = collapse_days(mapped.records, self.mapping, same_day)
         issues.extend(dup_issues)
         frame = finish_frame(records)
         return SourceResult(frame=frame, issues=issues,
-                            notes=join_notes(missing_sensor_notes(frame)))
+                            notes=join_notes(missing_sensor_notes(frame), same_day,
+                                             ten_point_notes(records, self.mapping)))

@@ -192,8 +192,9 @@ class PostgresSource:
         where = self.where
         mapped = map_rows((RawRow(where, i, r) for i, r in enumerate(rows, start=1)), mapping)
         issues: list[ParseIssue] = list(mapped.issues)
-        records, dup_issues = collapse_days(mapped.records, mapping)
+        same_day: dict[str, list[str]] = {}
+        records, dup_issues = collapse_days(mapped.records, mapping, same_day)
         issues.extend(dup_issues)
         frame = finish_frame(records)
         return SourceResult(frame=frame, issues=issues,
-                            notes=join_notes(missing_sensor_notes(frame)))
+                            notes=join_notes(missing_sensor_notes(frame), same_day))
