@@ -188,7 +188,8 @@ def test_verify_path_walks_a_folder(tmp_path, models, published) -> None:
 @pytest.mark.parametrize(
     ("athlete", "change", "match"),
     [
-        ("../evil", {}, "athlete ../evil: athlete id"),
+        ("a\nb", {}, r"athlete 'a\\nb': athlete id contains control character U\+000A"),
+        ("  ", {}, "empty or only whitespace"),
         ("a1", {"family": "zones/x"}, "athlete a1: family"),
         ("a1", {"registry_name": None}, r"athlete a1: .*lacks \['registry_name'\]"),
         ("a1", {"sha256": "0" * 64}, "computed fields"),

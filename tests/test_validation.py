@@ -448,7 +448,7 @@ def test_write_quarantine_reports(tmp_path: Path) -> None:
     outcome = validate_frame(frame)
     paths = write_quarantine_reports(outcome, tmp_path / "quarantine")
     names = sorted(p.name for p in paths)
-    odd = [n for n in names if n.startswith("team_a3-")]
+    odd = [n for n in names if n.startswith("team-a3--")]  # ids.athlete_key("team/a3")
     assert "a2.md" in names and "a2.json" in names and len(odd) == 2 and "index.json" in names
     assert all(p.exists() for p in paths)
     assert sorted(p.name for p in (tmp_path / "quarantine").iterdir()) == names  # no temp files

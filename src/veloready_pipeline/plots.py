@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from veloready_pipeline.ids import athlete_key
 from veloready_pipeline.results import ModelResult
 
 
@@ -17,7 +18,7 @@ def plot_residuals(result: ModelResult, out_dir: Path) -> Path:
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"residuals-{result.family}-{result.athlete_id}.png"
+    path = out_dir / f"residuals-{result.family}-{athlete_key(result.athlete_id)}.png"
     y = np.asarray(result.test_y, dtype=float)
     p = np.asarray(result.test_pred, dtype=float)
     if y.ndim > 1:  # multi-output (zones): plot the first output (FTP)

@@ -25,9 +25,11 @@ RECORD = "export.json"
 
 
 def export_dir(settings: Settings, family: str, athlete_id: str, version: str) -> Path:
-    """Where one registered version's exported files live."""
-    return (settings.resolve(settings.paths.data_dir) / "exports" / family / athlete_id
-            / f"v{version}")
+    """Where one registered version's exported files live (`ids.athlete_key` folder)."""
+    from veloready_pipeline.ids import athlete_key
+
+    return (settings.resolve(settings.paths.data_dir) / "exports" / family
+            / athlete_key(athlete_id) / f"v{version}")
 
 
 def _artifact_dict(art: Any) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from mlflow.tracking.context.registry import resolve_tags
 import mlflow
 from veloready_pipeline import __version__
 from veloready_pipeline.config import Settings
+from veloready_pipeline.ids import athlete_key
 from veloready_pipeline.results import ModelResult
 
 EXPERIMENT = "veloready-weekly-training"
@@ -64,9 +65,12 @@ class RegistryOutcome:
 
 
 def registered_name(settings: Settings, family: str, athlete_id: str) -> str:
-    """The registered model's name, findable by a person: ``veloready-recovery-sim-0001``."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in athlete_id)
-    return f"{settings.registry_prefix}-{family}-{safe}"
+    """The registered model's name, findable by a person: ``veloready-recovery-sim-0001``.
+
+    The athlete part is `ids.athlete_key` (a plain id as it is, any other id as a slug
+    plus a hash of the exact id), so ``x y`` and ``x-y`` never share a model.
+    """
+    return f"{settings.registry_prefix}-{family}-{athlete_key(athlete_id)}"
 
 
 class _RegistryClient(MlflowClient):
@@ -431,8 +435,8 @@ def register_results(
             **lineage,
         }
         # Through the client, not the fluent API: create, log_batch, terminate.
-        with _client_run(client, experiment_id, f"{result.family}-{result.athlete_id}",
-                         context_tags | tags) as run:
+        run_name = f"{result.family}-{athlete_key(result.athlete_id)}"
+        with _client_run(client, experiment_id, run_name, context_tags | tags) as run:
             out.run_id = seen[fp] = run.info.run_id
             client.log_batch(
                 run.info.run_id,
@@ -511,7 +515,7 @@ def residual_svg(result: ModelResult, out_dir: Path) -> Path:
     residual plot (the MLflow UI shows SVG) at ~1 ms instead of ~300 ms of matplotlib.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"residuals-{result.family}-{result.athlete_id}.svg"
+    path = out_dir / f"residuals-{result.family}-{athlete_key(result.athlete_id)}.svg"
     y = np.asarray(result.test_y, dtype=float)
     p = np.asarray(result.test_pred, dtype=float)
     if y.ndim > 1:  # multi-output (zones): the first output (FTP)

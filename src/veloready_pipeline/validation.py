@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from veloready_pipeline.ids import athlete_key
 from veloready_pipeline.schema import (
     CANONICAL_COLUMNS,
     COLUMNS_BY_NAME,
@@ -73,8 +73,10 @@ RULE_TYPE = "type"
 RULE_PARSE = "parse"
 RULE_MISSING = "max_missing_rate"
 RULE_GAP = "max_gap_days"
+RULE_ID = "usable_athlete_id"  # veloready_pipeline.ids.id_problem / key_collisions
 _RULE_ORDER = {r: i for i, r in enumerate(
-    (RULE_PARSE, RULE_TYPE, RULE_NOT_NULL, RULE_UNIQUE, RULE_BETWEEN, RULE_MISSING, RULE_GAP)
+    (RULE_ID, RULE_PARSE, RULE_TYPE, RULE_NOT_NULL, RULE_UNIQUE, RULE_BETWEEN, RULE_MISSING,
+     RULE_GAP)
 )}
 _UNIQUE_KEY = ("athlete_id", "date")
 # athlete -> (rule, column) -> {"n", "examples", "expectation", "extra"}
@@ -424,16 +426,6 @@ def _fmt_bound(value: float | None) -> str:
     return "-inf" if value is None else f"{value:g}"
 
 
-def _safe_name(athlete_id: str) -> str:
-    """A file name for an athlete id; ids with odd characters get a short hash suffix."""
-    import hashlib
-
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", athlete_id).strip(".") or "athlete"
-    if safe != athlete_id:
-        safe += "-" + hashlib.sha1(athlete_id.encode("utf-8")).hexdigest()[:8]
-    return safe
-
-
 def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -499,6 +491,8 @@ def _detail(rule: str, column: str, n: int, extra: dict[str, Any]) -> str:
     if rule == RULE_MISSING:
         return (f"{extra['rate']:.0%} of {column} values are missing "
                 f"({n} of {extra['n_rows']} rows; at most {extra['limit']:.0%} allowed)")
+    if rule == RULE_ID:
+        return extra["message"]
     if rule == RULE_GAP:
         return (f"{extra['gap']} consecutive days without data between {extra['before']} and "
                 f"{extra['after']} (at most {extra['limit']} allowed)")
@@ -566,6 +560,7 @@ def validate_frame(
         warnings.setdefault(aid, []).extend(shown)
     if len(agg):
         _collect_aggregate_failures(work, rows, agg, gap_info, limits, max_gap_days, failures)
+    _collect_id_failures(work, failures)
 
     reports = _build_reports(failures, work, warnings)
     athletes = (set(work["athlete_id"].dropna().astype(str).unique()) | set(reports)
@@ -709,6 +704,27 @@ def _collect_aggregate_failures(
                 rows, by_athlete.loc[aid], gap_info, positions[aid], aid, rule, column,
                 limits, max_gap_days, expectation,
             )
+
+
+def _collect_id_failures(work: pd.DataFrame, failures: _Failures) -> None:
+    """Quarantine ids that cannot be used, or whose storage key another id shares.
+
+    See `veloready_pipeline.ids`: such an id is that athlete's quarantine, never the run's
+    crash (export folders, OTA folders and registry names are derived from the id).
+    """
+    from veloready_pipeline.ids import id_problem, key_collisions
+
+    ids = work["athlete_id"].dropna().astype(str)
+    counts = ids.value_counts()
+    problems = {aid: p for aid in counts.index if (p := id_problem(aid))}
+    clashes = key_collisions(aid for aid in counts.index if aid not in problems)
+    for aid, others in clashes.items():
+        problems[aid] = (f"athlete id maps to the same storage key as {others!r}; rename "
+                         "one of them")
+    for aid, message in problems.items():
+        failures.setdefault(aid, {})[(RULE_ID, "athlete_id")] = {
+            "n": int(counts[aid]), "examples": [], "expectation": None,
+            "extra": {"message": message}}
 
 
 def _missing_limits(
@@ -928,7 +944,7 @@ def write_quarantine_reports(outcome: ValidationOutcome, out_dir: Path) -> list[
     written: list[Path] = []
     index: dict[str, Any] = {"summary": outcome.summary(), "reports": {}}
     for aid, report in sorted(outcome.quarantined.items()):
-        stem = _safe_name(aid)
+        stem = athlete_key(aid)
         md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
         _atomic_write(md, report.to_markdown())
         _atomic_write(js, json.dumps(report.to_dict(), indent=2, default=str) + "\n")

@@ -7,6 +7,10 @@ Layout under the OTA root (``settings.paths.ota_dir``; the app's base URL maps o
                                                     "signature", "manifest_sha256"}
     <root>/<athlete>/<family>/<version>/<file>     model files the manifest lists
 
+``<athlete>`` is the athlete id's storage key (`veloready_pipeline.ids.athlete_key`: the
+id itself when plain, else a slug plus a hash of the exact id); the manifest's
+``athlete_id`` holds the exact id.
+
 Each model entry's ``file`` is relative to the OTA root. A Core ML package is a
 directory, which cannot be downloaded as one object, so it is shipped as a
 deterministic zip (``<name>.mlpackage.zip``: sorted entries, fixed timestamps); the entry
@@ -354,13 +358,18 @@ def write_manifest(out_dir: Path, athlete_id: str, entries: list[dict[str, Any]]
     Raises:
         ValueError: naming the athlete and the field, for bad entries.
     """
+    from veloready_pipeline.ids import athlete_key, id_problem
+
     out_dir = Path(out_dir)
-    _check_safe(athlete_id, "athlete id", athlete_id)
+    problem = id_problem(athlete_id)
+    if problem:
+        raise ValueError(f"athlete {athlete_id!r}: {problem}")
+    folder = athlete_key(athlete_id)  # the exact id stays in the manifest
     if not entries and not merge:
         raise ValueError(f"athlete {athlete_id}: no model entries to publish")
     normalised = [_normalise_entry(athlete_id, e) for e in entries]
     key = ensure_signing_key(key_path)
-    athlete_dir = out_dir / athlete_id
+    athlete_dir = out_dir / folder
     manifest_path = athlete_dir / MANIFEST_NAME
     with _locked(athlete_dir):
         previous = _read_manifest(manifest_path) or {}
@@ -372,7 +381,7 @@ def write_manifest(out_dir: Path, athlete_id: str, entries: list[dict[str, Any]]
         seen_files: set[str] = set()
         for source, entry in normalised:
             name = f"{source.name}.zip" if source.is_dir() else source.name
-            rel = f"{athlete_id}/{entry['family']}/{entry['registry_version']}/{name}"
+            rel = f"{folder}/{entry['family']}/{entry['registry_version']}/{name}"
             if rel in seen_files:
                 raise ValueError(f"athlete {athlete_id}: two entries publish {rel}")
             seen_files.add(rel)
