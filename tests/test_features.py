@@ -7,7 +7,10 @@ from hypothesis import strategies as st
 from helpers_data import toy_athlete
 from veloready_pipeline.features import (
     RECOVERY_FEATURES,
+    REST_LOAD_MIN_DAYS,
+    REST_TSS,
     build_recovery_features,
+    rest_threshold,
     sensor_note,
     to_calendar,
 )
@@ -87,3 +90,35 @@ def test_no_training_log_means_unknown_load_not_rest():
     for name in ("ctl", "atl", "tsb", "acwr", "days_since_rest"):
         assert name in feats.dropped
     assert "training load" in sensor_note(feats)
+
+
+def test_non_tss_load_rests_on_its_own_scale():
+    """Whoop-like Day Strain (0-21): no day is below the TSS rule's 20, yet rest days exist."""
+    rng = np.random.default_rng(3)
+    df = BASE.assign(tss=np.nan, planned_tss=np.nan)
+    strain = np.where(np.arange(len(df)) % 7 == 0, 5.0, 13.0) + rng.normal(0, 0.8, len(df))
+    df["load_au"] = strain
+    feats = build_recovery_features(df)
+    f = feats.frame
+    assert feats.load_column == "load_au"
+    assert "days_since_rest" not in feats.dropped and "ctl" not in feats.dropped
+    assert f["tss"].tolist() == pytest.approx(strain.tolist())
+    # The rule is only defined after REST_LOAD_MIN_DAYS earlier days (no look-ahead) ...
+    assert f["days_since_rest"].iloc[:REST_LOAD_MIN_DAYS].isna().all()
+    # ... then every 7th day (strain ~5) is a rest day, the others (~13) are not.
+    later = f["days_since_rest"].iloc[14:]
+    assert (later[np.arange(14, len(df)) % 7 == 0] == 0).all()
+    assert later.max() == 6
+    # The threshold sits between the two kinds of day, on the strain scale.
+    limit = rest_threshold(f["tss"], "load_au").iloc[-1]
+    assert 5.5 < limit < 11
+    assert "training load from load_au" in sensor_note(feats)
+    # TSS wins when both exist: the fixed REST_TSS rule applies.
+    both = build_recovery_features(BASE.assign(load_au=strain))
+    assert both.load_column == "tss"
+    assert rest_threshold(both.frame["tss"], "tss").eq(REST_TSS).all()
+    # No look-ahead: a huge load on day 60 changes nothing before it.
+    spiked = df.copy()
+    spiked.loc[60, "load_au"] = 21.0 * 50
+    g = build_recovery_features(spiked).frame
+    pd.testing.assert_frame_equal(g.iloc[:60], f.iloc[:60])

@@ -367,3 +367,17 @@ def test_no_usable_rows_is_a_clear_error(tmp_path: Path) -> None:
         GenericCsvSource(mapping(), path=f).load()
     with pytest.raises(FileNotFoundError):
         GenericCsvSource(mapping(), path=tmp_path / "missing.csv").load()
+
+
+def test_non_tss_load_maps_to_load_au_within_its_range(tmp_path: Path) -> None:
+    f = write(tmp_path / "x.csv",
+              "who,day,strain\na,2024-01-01,14.2\na,2024-01-02,35\na,2024-01-03,4.1\n")
+    m = mapping(fields={"load_au": {"column": "strain", "range": [0, 21]}})
+    result = GenericCsvSource(m, path=f).load()
+    assert result.frame["load_au"].tolist()[::2] == [14.2, 4.1]
+    assert math.isnan(result.frame["load_au"].iloc[1])
+    [issue] = result.issues
+    assert (issue.line, issue.column, severity_of(issue)) == (3, "strain", "error")
+    assert "outside the mapped range 0 to 21" in issue.message
+    with pytest.raises(ValueError, match="range.*low < high"):
+        load_mapping(mapping(fields={"load_au": {"column": "strain", "range": [21, 0]}}))

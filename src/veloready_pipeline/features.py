@@ -19,6 +19,14 @@ from veloready_pipeline.load import training_load
 BASELINE_DAYS = 28
 SLEEP_NEED_H = 8.0
 REST_TSS = 20.0
+#: Rest days on a non-TSS load (``load_au``, e.g. Whoop Day Strain 0-21): a day is a rest
+#: day when its load is below ``low + REST_LOAD_SHARE * (high - low)``, with ``low`` and
+#: ``high`` the 5th and 90th percentiles of the athlete's *own* earlier days. For a
+#: typical cyclist's TSS (low 0, high ~100) this is the REST_TSS of 20 again; on a
+#: log-scaled strain (low ~4, high ~15) it is ~6, not an absolute 20 that no day reaches.
+REST_LOAD_SHARE = 0.2
+#: Earlier days of load needed before the relative rest threshold is defined.
+REST_LOAD_MIN_DAYS = 7
 
 RECOVERY_FEATURES: tuple[str, ...] = (
     "recovery_today",
@@ -64,6 +72,7 @@ class AthleteFeatures:
     frame: pd.DataFrame  # calendar rows with features + label columns, indexed by date
     feature_names: list[str]
     dropped: dict[str, str] = field(default_factory=dict)  # feature -> reason
+    load_column: str = "tss"  # the canonical column the load features come from
 
     def labelled(self) -> pd.DataFrame:
         """Rows that have a label (the next day exists and has a target value)."""
@@ -81,6 +90,33 @@ def _col(cal: pd.DataFrame, name: str) -> pd.Series:
     if name in cal:
         return cal[name].astype(float)
     return pd.Series(np.nan, index=cal.index, dtype=float)
+
+
+def daily_load(cal: pd.DataFrame) -> tuple[pd.Series, str]:
+    """The day's training load and its column: ``tss`` when the athlete has any, else
+    ``load_au`` (a non-TSS load) when it has any, else the (empty) ``tss``."""
+    tss = _col(cal, "tss")
+    if tss.notna().any():
+        return tss, "tss"
+    au = _col(cal, "load_au")
+    if au.notna().any():
+        return au, "load_au"
+    return tss, "tss"
+
+
+def rest_threshold(load: pd.Series, column: str) -> pd.Series:
+    """Per day, the load below which the day is a rest day (no look-ahead).
+
+    TSS: the fixed `REST_TSS`. A non-TSS load: `REST_LOAD_SHARE` of the way from the
+    5th to the 90th percentile of the athlete's loads *before* that day (NaN until
+    `REST_LOAD_MIN_DAYS` earlier days have a load), so the rule follows the load's own
+    scale.
+    """
+    if column == "tss":
+        return pd.Series(REST_TSS, index=load.index, dtype=float)
+    past = load.shift(1).expanding(min_periods=REST_LOAD_MIN_DAYS)
+    low, high = past.quantile(0.05), past.quantile(0.90)
+    return low + REST_LOAD_SHARE * (high - low)
 
 
 def build_recovery_features(
@@ -116,7 +152,7 @@ def build_recovery_features(
     out["resting_hr"] = rhr
     out["rhr_delta"] = rhr - rhr_base
     out["rhr_delta_pct"] = (rhr - rhr_base) / rhr_base * 100.0
-    tss = _col(cal, "tss")
+    tss, load_column = daily_load(cal)  # tss, or a non-TSS load_au when there is no tss
     out["tss"] = tss
     out["planned_tss"] = _col(cal, "planned_tss")
     has_load = bool(tss.notna().any())
@@ -126,11 +162,15 @@ def build_recovery_features(
         out[key] = values if has_load else np.nan
     deficit = (SLEEP_NEED_H - out["sleep_hours"]).clip(lower=0)
     out["sleep_debt_h"] = deficit.rolling(7, min_periods=3).sum()
-    rest = (tss.fillna(0.0) < REST_TSS).to_numpy()
-    since = np.zeros(len(rest))
+    threshold = rest_threshold(tss, load_column).to_numpy()
+    filled = tss.fillna(0.0).to_numpy()
+    since = np.zeros(len(filled))
     count = 0.0
-    for i, is_rest in enumerate(rest):
-        count = 0.0 if is_rest else count + 1.0
+    for i, (x, limit) in enumerate(zip(filled, threshold, strict=True)):
+        if np.isnan(limit):  # no rest rule yet (too few earlier days of a non-TSS load)
+            since[i] = np.nan
+            continue
+        count = 0.0 if x < limit else count + 1.0
         since[i] = count
     out["days_since_rest"] = since if has_load else np.nan
     out["illness_confidence"] = _col(cal, "illness_confidence")
@@ -153,7 +193,7 @@ def build_recovery_features(
             dropped[name] = "no data for this athlete"
         else:
             names.append(name)
-    return AthleteFeatures(athlete_id, out, names, dropped)
+    return AthleteFeatures(athlete_id, out, names, dropped, load_column)
 
 
 def sensor_note(features: AthleteFeatures) -> str | None:
@@ -163,6 +203,10 @@ def sensor_note(features: AthleteFeatures) -> str | None:
         for group, cols in SENSOR_GROUPS.items()
         if all(c in features.dropped for c in cols)
     ]
-    if not missing:
-        return None
-    return "trained without " + ", ".join(missing) + " features (no data)"
+    parts = []
+    if missing:
+        parts.append("trained without " + ", ".join(missing) + " features (no data)")
+    if features.load_column != "tss":
+        parts.append(f"training load from {features.load_column} (no TSS; its own scale, "
+                     "rest days relative to the athlete's own load)")
+    return "; ".join(parts) or None

@@ -43,6 +43,11 @@ CANONICAL_COLUMNS: tuple[Column, ...] = (
     Column("tss", "float", "TSS", "training stress of the day (0 on rest days)", False, True, 0,
            800, 0.5),
     Column("planned_tss", "float", "TSS", "planned training stress", False, True, 0, 800),
+    Column("load_au", "float", "AU", "the day's training load on a non-TSS scale (e.g. Whoop "
+           "Day Strain 0-21, session RPE x min); used for the load features only when `tss` "
+           "is empty, with rest days relative to the athlete's own load (see "
+           "`features.rest_threshold`); map it with `range: [low, high]` to state its scale",
+           False, True, 0, 10000),
     Column("recovery_score", "float", "0-100", "morning recovery/readiness score", True, True,
            0, 100, 0.5),
     Column("illness_confidence", "float", "0-1", "confidence the athlete is ill", False, True,
@@ -67,6 +72,9 @@ CANONICAL_COLUMNS: tuple[Column, ...] = (
     ),
     Column("ftp_test_w", "float", "W", "FTP measured by a test that day (label)", False, True,
            50, 600),
+    Column("eftp_w", "float", "W", "estimated FTP that day from the platform's power model "
+           "(intervals.icu `Ride_eftp`/`*_eftp`): an input, never a label", False, True, 50,
+           600),
     Column("injury", "float", "0/1", "an injury/overtraining event starts that day", False, True,
            0, 1),
 )

@@ -40,6 +40,10 @@ Mapping format (every key is checked; a wrong key or value fails with the key's 
       alcohol: {column: drank, values: {"yes": 1, "no": 0}}
       injury: {column: injury_level, convert: nonzero_to_flag}
       planned_tss: {column: plan, multiply: 1.0, offset: 0.0}
+      # A load that is not TSS goes to load_au with the range of its own scale (a
+      # value outside it is reported and left empty); the load features use it when
+      # the athlete has no tss, with rest days relative to the athlete's own load.
+      load_au: {column: "Day Strain", range: [0, 21]}
 
     # Several rows on one local day (two cycles ending the same morning, one row per
     # workout, a re-synced record). Resolved by *time*, never by file order (Whoop
@@ -58,7 +62,8 @@ Mapping format (every key is checked; a wrong key or value fails with the key's 
     # `combine_same_day: true` (older files) means the same.
 
 Per field, in this order: ``values`` (text -> number), parse the number (a decimal
-comma is accepted), ``convert``, ``scale``, ``multiply``, ``offset``. Conversions:
+comma is accepted), ``range`` (the source scale's ends: a number outside is reported
+and left empty), ``convert``, ``scale``, ``multiply``, ``offset``. Conversions:
 
 - ``seconds_to_hours``, ``minutes_to_hours``: durations to hours.
 - ``duration_to_hours``: text durations ``7:30``, ``7:30:00``, ``7h30m``, ``7h 30min``.
@@ -132,8 +137,9 @@ MAPPABLE_FIELDS: tuple[str, ...] = tuple(
 TEXT_FIELDS: frozenset[str] = frozenset(
     name for name, col in COLUMNS_BY_NAME.items() if col.dtype == "string"
 ) - {"athlete_id"}
-_SUM_FIELDS = frozenset({"tss", "planned_tss", "session_load", "time_available_min"})
-_MAX_FIELDS = frozenset({"injury", "alcohol", "illness_confidence", "ftp_test_w"})
+_SUM_FIELDS = frozenset({"tss", "planned_tss", "session_load", "time_available_min",
+                         "load_au"})
+_MAX_FIELDS = frozenset({"injury", "alcohol", "illness_confidence", "ftp_test_w", "eftp_w"})
 
 _DURATION = re.compile(
     r"^\s*(?:(?P<h>\d+(?:[.,]\d+)?)\s*h(?:ours?|rs?)?)?\s*"
@@ -216,9 +222,12 @@ class FieldSpec(BaseModel):
     ftp_column: str | None = None
     intensity_factor: float = Field(default=0.75, gt=0, le=1.5)
     aggregate: Aggregate | None = None
+    range: tuple[float, float] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> FieldSpec:
+        if self.range is not None and not self.range[0] < self.range[1]:
+            raise ValueError(f"range {list(self.range)} must be [low, high] with low < high")
         if self.convert == "kj_to_tss" and self.ftp_w is None and self.ftp_column is None:
             raise ValueError("convert kj_to_tss needs ftp_w (the FTP in W) or ftp_column "
                              "(a column holding each row's FTP)")
@@ -363,6 +372,9 @@ def apply_field(raw: object, spec: FieldSpec, row: dict[str, object] | None = No
         x = parse_number(raw)
     if math.isnan(x):
         return x
+    if spec.range is not None and not spec.range[0] <= x <= spec.range[1]:
+        raise ValueError(f"{x:g} is outside the mapped range {spec.range[0]:g} to "
+                         f"{spec.range[1]:g}")
     if spec.convert == "seconds_to_hours":
         x = x / 3600.0
     elif spec.convert == "minutes_to_hours":
