@@ -179,3 +179,72 @@ def test_two_files_for_one_athlete_is_an_error(tmp_path: Path) -> None:
 )
 def test_looks_like_intervals(header: list[str], expected: bool) -> None:
     assert looks_like_intervals(header) is expected
+
+
+def test_duplicate_date_keeps_the_row_updated_last(tmp_path: Path) -> None:
+    header = "date,restingHR,updated"
+    f = export(tmp_path, [
+        "2024-01-01,50,2024-01-01T07:00:00Z",
+        "2024-01-02,51,2024-01-02T09:30:00Z",  # line 3: updated later than line 4
+        "2024-01-02,58,2024-01-02T06:00:00Z",  # line 4: an older sync, later in the file
+        "2024-01-03,52,",
+        "2024-01-03,53,",  # no updated time: the later line wins
+    ], header=header)
+    result = IntervalsSource(f).load()
+    assert result.frame["resting_hr"].tolist() == [50.0, 51.0, 53.0]
+    assert [(i.line, severity_of(i)) for i in result.issues] == [(4, "warning"), (5, "warning")]
+    assert "line 3, which is kept (updated later)" in result.issues[0].message
+    assert "the later line wins" in result.issues[1].message
+    assert "2 row(s) superseded by another row of the same date" in result.notes["i42"]
+
+
+def test_ten_point_sleep_score_is_converted_and_noted(tmp_path: Path) -> None:
+    f = export(tmp_path, ["2024-01-01,,,,,0.6,,,,,,,,,,,", "2024-01-02,,,,,8.5,,,,,,,,,,,",
+                          "2024-01-03,,,,,10,,,,,,,,,,,"])
+    result = IntervalsSource(f).load()
+    assert result.frame["sleep_score"].tolist() == pytest.approx([6.0, 85.0, 100.0])
+    assert ("sleepScore is on a 0-10 scale in this export (all 3 values <= 10, largest 10): "
+            "multiplied by 10 into sleep_score") in result.notes["i42"]
+    hundred = export(tmp_path, ["2024-01-01,,,,,8,,,,,,,,,,,", "2024-01-02,,,,,85,,,,,,,,,,,"],
+                     name="b_wellness.csv")
+    assert IntervalsSource(hundred).load().frame["sleep_score"].tolist() == [8.0, 85.0]
+
+
+def test_ride_eftp_is_the_estimated_ftp(tmp_path: Path) -> None:
+    header = "date,restingHR,Run_eftp,VirtualRide_eftp,Ride_eftp,Ride_wPrime"
+    f = export(tmp_path, ["2024-01-01,50,310,255,262,20100", "2024-01-02,50,,251,,",
+                          "2024-01-03,50,300,,,"], header=header)
+    result = IntervalsSource(f).load()
+    eftp = result.frame["eftp_w"].tolist()
+    assert eftp[:2] == [262.0, 251.0] and math.isnan(eftp[2])  # running power is not used
+    notes = result.notes["i42"]
+    assert "estimated FTP (eftp_w) from Ride_eftp then VirtualRide_eftp on 2 day(s)" in notes
+    assert "custom fields not used: Run_eftp, Ride_wPrime" in notes
+
+
+ACTIVITIES = ("id,start_date_local,type,name,moving_time,icu_training_load,icu_eftp\n"
+              "i1,2024-01-01T08:30:34,Ride,Morning Ride,3600,62,255\n")
+
+
+def test_export_folder_with_activities_beside_wellness(tmp_path: Path) -> None:
+    from veloready_pipeline.sources import detect_source_name
+
+    folder = tmp_path / "i77"
+    folder.mkdir()
+    export(folder, ["2024-01-01,50,,,,,,,,,,,,,62,62,"], name="wellness.csv")
+    (folder / "activities.csv").write_text(ACTIVITIES, encoding="utf-8")
+    assert detect_source_name(str(folder)) == "intervals"
+    src = IntervalsSource(folder)
+    assert [p.name for p in src.files()] == ["wellness.csv"]
+    result = src.load()
+    assert result.frame["athlete_id"].tolist() == ["i77"] and not result.issues
+    assert "activities.csv: an intervals.icu activities export" in result.notes["i77"]
+    # A root holding one such folder per athlete.
+    other = tmp_path / "i78"
+    other.mkdir()
+    export(other, ["2024-01-05,55,,,,,,,,,,,,,,,"], name="wellness.csv")
+    assert detect_source_name(str(tmp_path)) == "intervals"
+    assert sorted(IntervalsSource(tmp_path).load().frame["athlete_id"]) == ["i77", "i78"]
+    # Only an activities export: one clear error.
+    with pytest.raises(ValueError, match="only activities exports.*give the wellness export"):
+        IntervalsSource(folder / "activities.csv").load()

@@ -10,8 +10,12 @@ With ``name: auto`` the source is detected from the path, in this order:
    folder) -> ``pmdata``;
 4. a CSV file, or a folder whose CSV files all have, an intervals.icu wellness header
    (``date`` plus fields such as ``restingHR``, ``hrv``, ``sleepSecs``; a UTF-8 BOM is
-   fine) -> ``intervals``;
-5. Parquet files, or CSV files with ``athlete_id`` and ``date`` columns -> ``canonical``.
+   fine) -> ``intervals``; the folder may also hold intervals.icu activities exports
+   (``activities.csv`` beside ``wellness.csv``, as the site exports them), and a folder
+   without CSV files of its own may hold one such folder per athlete;
+5. Parquet files, or CSV files with ``athlete_id`` and ``date`` columns -> ``canonical``
+   (only the files directly in the folder: a sub-folder such as a simulation's
+   ``truth/`` is not data).
 
 Anything else is an error that says what was found and how to choose a source.
 """
@@ -25,7 +29,11 @@ from veloready_pipeline.sources.base import ParseIssue, Source, SourceResult
 from veloready_pipeline.sources.canonical import CanonicalFileSource
 from veloready_pipeline.sources.common import decode_file
 from veloready_pipeline.sources.generic_csv import GenericCsvSource
-from veloready_pipeline.sources.intervals import IntervalsSource, looks_like_intervals
+from veloready_pipeline.sources.intervals import (
+    IntervalsSource,
+    looks_like_intervals,
+    looks_like_intervals_activities,
+)
 from veloready_pipeline.sources.pmdata import PMDataSource, find_participants
 from veloready_pipeline.sources.postgres import PostgresSource, is_database_url
 
@@ -59,6 +67,8 @@ def _classify_csv(path: Path) -> str | None:
     header = _csv_header(path)
     if looks_like_intervals(header):
         return "intervals"
+    if looks_like_intervals_activities(header):
+        return "intervals_activities"
     if "athlete_id" in header and "date" in header:
         return "canonical"
     return None
@@ -90,10 +100,15 @@ def detect_source_name(path: str, mapping: str | Path | None = None) -> str:
             return "pmdata"
         parquet = sorted(p.glob("*.parquet"))
         csvs = sorted(p.glob("*.csv"))
-        kinds = {f.name: _classify_csv(f) for f in csvs}
-        if csvs and all(k == "intervals" for k in kinds.values()):
+        nested = not csvs and not parquet
+        if nested:  # one folder per athlete (intervals.icu exports)?
+            csvs = sorted(p.glob("*/*.csv"))
+        kinds = {str(f.relative_to(p)): _classify_csv(f) for f in csvs}
+        if "intervals" in kinds.values() and all(
+            k in ("intervals", "intervals_activities") for k in kinds.values()
+        ):
             return "intervals"
-        if (parquet or csvs) and all(k == "canonical" for k in kinds.values()):
+        if not nested and (parquet or csvs) and all(k == "canonical" for k in kinds.values()):
             return "canonical"
         unknown = [n for n, k in kinds.items() if k is None]
         seen = ", ".join(f"{n}={k or 'unknown'}" for n, k in list(kinds.items())[:8])
@@ -108,6 +123,8 @@ def detect_source_name(path: str, mapping: str | Path | None = None) -> str:
         return "canonical"
     if p.suffix.lower() in (".csv", ".txt", ".tsv"):
         kind = _classify_csv(p)
+        if kind == "intervals_activities":
+            return "intervals"  # which then says to give the wellness export
         if kind:
             return kind
         header = _csv_header(p)

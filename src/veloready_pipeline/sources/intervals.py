@@ -15,11 +15,14 @@ intervals.icu      canonical        rule
                                     statistic and is *not* substituted)
 ``restingHR``      ``resting_hr``   bpm, as is
 ``sleepSecs``      ``sleep_hours``  / 3600
-``sleepScore``     ``sleep_score``  0-100 device score, as is
+``sleepScore``     ``sleep_score``  0-100 device score as is; 0-10 scores (see below)
+                                    multiplied by 10
 ``readiness``      ``recovery_score``  0-100 device score (Garmin/Oura/Whoop) as is;
-                                    if *every* value of the file is <= 10 the file is
-                                    taken to use a 0-10 scale and multiplied by 10
-                                    (the notes say so)
+                                    0-10 scores multiplied by 10
+``Ride_eftp``      ``eftp_w``       intervals.icu's estimated FTP (W) of that day, from
+                                    ``Ride_eftp``, else another ``*Ride_eftp`` column
+                                    (``VirtualRide_eftp``, ...); other sports' eFTP
+                                    (running power) is not a cycling FTP and is not used
 ``soreness``       ``soreness``     intervals.icu 1-4 scale, 1 = best (low soreness),
 ``fatigue``        ``fatigue``      4 = worst (extreme). Canonical is 0-100 with high =
 ``stress``         ``stress``       good, so ``100 * (4 - x) / 3``: 1 -> 100, 4 -> 0.
@@ -36,14 +39,27 @@ intervals.icu      canonical        rule
                                     without a value stay empty
 =================  ===============  ===================================================
 
+0-10 scores: a score column (``readiness``, ``sleepScore``) whose *every* value in the
+file is <= 10 is taken to be on a 0-10 scale (some devices and imports write 0.6-10)
+and multiplied by 10; the notes say so, with the count and the largest value.
+
 The 1-4 scales follow intervals.icu's wellness form, where the first option is the
 best one (sleep quality: 1 great ... 4 poor). ``ctl``, ``atl`` and ``rampRate`` are
 not copied: the pipeline recomputes them from ``tss`` with its own constants.
 ``sleepQuality`` and the other standard fields (weight, SpO2, ...) have no canonical
 column and are ignored; custom fields are listed per athlete in the notes. Values on
 a 1-4 scale outside 1-4, and values that are not numbers, are reported with file and
-line and left empty (errors, `ParseIssue`); a date that appears twice keeps its last
-row and the earlier one is reported as superseded (a warning, `ResolvedIssue`).
+line and left empty (errors, `ParseIssue`). A date that appears twice keeps the row
+intervals.icu updated last (the ``updated`` timestamp; rows without one, or with equal
+ones, fall back to the later line) and the other is reported as superseded (a warning,
+`ResolvedIssue`); the notes count the superseded rows per athlete.
+
+Folders: the export folder as intervals.icu writes it is accepted: ``wellness.csv``
+(or ``i123_wellness.csv``) with ``activities.csv`` beside it. An activities export
+(``start_date_local`` plus activity fields such as ``icu_training_load``) is recognised
+and not read: the daily load comes from the wellness ``ctlLoad``; the notes say the file
+was seen. A folder without CSV files of its own reads the athlete folders inside it
+(``root/i123/wellness.csv``, ...).
 """
 
 from __future__ import annotations
@@ -59,6 +75,7 @@ from veloready_pipeline.sources.base import ParseIssue, SourceResult
 from veloready_pipeline.sources.common import (
     CsvTable,
     ResolvedIssue,
+    decode_file,
     finish_frame,
     is_missing,
     join_notes,
@@ -90,8 +107,19 @@ DIRECT: dict[str, tuple[str, float]] = {
     "hrv": ("hrv_ms", 1.0),
     "restingHR": ("resting_hr", 1.0),
     "sleepSecs": ("sleep_hours", 3600.0),
-    "sleepScore": ("sleep_score", 1.0),
 }
+
+#: 0-100 scores that some exports write on a 0-10 scale (detected per file).
+SCORES: dict[str, str] = {"readiness": "recovery_score", "sleepScore": "sleep_score"}
+
+#: Columns of intervals.icu's *activities* export (one row per activity); a header with
+#: ``start_date_local`` and one of these is an activities file, not wellness.
+ACTIVITY_FIELDS: frozenset[str] = frozenset({
+    "icu_training_load", "moving_time", "elapsed_time", "icu_eftp", "icu_ftp",
+    "icu_average_watts", "icu_normalized_watts", "icu_joules",
+})
+
+_EFTP = re.compile(r"^(?P<sport>\w*Ride)_eftp$")
 
 #: Subjective 1-4 fields (1 best) -> canonical 0-100 (high = good).
 FOUR_POINT: dict[str, str] = {
@@ -102,6 +130,7 @@ FOUR_POINT: dict[str, str] = {
 INJURY_EVENT_LEVEL = 2
 
 _NAME_SUFFIX = re.compile(r"[_\-. ]*wellness.*$", re.IGNORECASE)
+_ACTIVITIES_SUFFIX = re.compile(r"[_\-. ]*activities.*$", re.IGNORECASE)
 
 
 def four_point_to_score(level: float) -> float:
@@ -110,8 +139,12 @@ def four_point_to_score(level: float) -> float:
 
 
 def athlete_id_for(path: Path) -> str:
-    """``i12345_wellness.csv`` -> ``i12345``; ``wellness.csv`` -> its folder's name."""
-    stem = _NAME_SUFFIX.sub("", path.stem).strip()
+    """``i12345_wellness.csv`` -> ``i12345``; ``wellness.csv`` -> its folder's name.
+
+    Activities exports follow the same rule (``i12345_activities.csv``,
+    ``activities.csv``).
+    """
+    stem = _ACTIVITIES_SUFFIX.sub("", _NAME_SUFFIX.sub("", path.stem)).strip()
     return stem or path.resolve().parent.name
 
 
@@ -119,6 +152,20 @@ def looks_like_intervals(header: list[str]) -> bool:
     """True when a CSV header is an intervals.icu wellness export."""
     names = {h.strip().lstrip("\ufeff") for h in header}
     return "date" in names and len(names & SIGNATURE_FIELDS) >= 1
+
+
+def looks_like_intervals_activities(header: list[str]) -> bool:
+    """True when a CSV header is an intervals.icu activities export."""
+    names = {h.strip().strip('"').lstrip("\ufeff") for h in header}
+    return "start_date_local" in names and len(names & ACTIVITY_FIELDS) >= 1
+
+
+def _header(path: Path) -> list[str]:
+    """The header names of a CSV file (first non-blank line, BOM and quotes stripped)."""
+    text, _ = decode_file(path)
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    delimiter = max((",", ";", "\t"), key=first.count)
+    return [h.strip().strip('"').lstrip("\ufeff") for h in first.split(delimiter)]
 
 
 class IntervalsSource:
@@ -135,24 +182,55 @@ class IntervalsSource:
         self.path = Path(path)
         self.athlete_id = athlete_id
 
-    def files(self) -> list[Path]:
-        """The export files this source reads."""
+    def _csv_files(self) -> list[Path]:
+        """Every CSV of the folder (or, without any, of its athlete sub-folders)."""
         if not self.path.exists():
             raise FileNotFoundError(f"intervals: {self.path} does not exist")
-        if self.path.is_dir():
-            found = sorted(p for p in self.path.glob("*.csv") if p.is_file())
-            if not found:
-                raise FileNotFoundError(f"intervals: no .csv files in {self.path}")
-            return found
-        return [self.path]
+        if not self.path.is_dir():
+            return [self.path]
+        found = sorted(p for p in self.path.glob("*.csv") if p.is_file())
+        if not found:
+            found = sorted(p for p in self.path.glob("*/*.csv") if p.is_file())
+        if not found:
+            raise FileNotFoundError(f"intervals: no .csv files in {self.path} or its "
+                                    "sub-folders")
+        return found
+
+    def _split(self) -> tuple[list[Path], list[Path]]:
+        """(wellness files, activities files) of the path."""
+        wellness: list[Path] = []
+        activities: list[Path] = []
+        for p in self._csv_files():
+            (activities if looks_like_intervals_activities(_header(p)) else wellness).append(p)
+        if not wellness:
+            raise ValueError(
+                f"intervals: {self.path} holds only activities exports "
+                f"({', '.join(p.name for p in activities[:3])}); give the wellness export "
+                "(wellness.csv) or its folder"
+            )
+        return wellness, activities
+
+    def activity_files(self) -> list[Path]:
+        """intervals.icu activities exports beside the wellness files (recognised, not read)."""
+        return self._split()[1]
+
+    def files(self) -> list[Path]:
+        """The wellness export files this source reads."""
+        return self._split()[0]
 
     def load(self) -> SourceResult:
-        files = self.files()
+        files, activity_files = self._split()
         if self.athlete_id and len(files) > 1:
             raise ValueError("intervals: athlete_id can only be given for a single file")
         records: list[dict[str, object]] = []
         issues: list[ParseIssue] = []
         remarks: dict[str, list[str]] = {}
+        for f in activity_files:
+            athlete = self.athlete_id or athlete_id_for(f)
+            remarks.setdefault(athlete, []).append(
+                f"{f.name}: an intervals.icu activities export beside the wellness file; "
+                "not read (the daily load comes from the wellness ctlLoad)"
+            )
         owners: dict[str, Path] = {}
         for f in files:
             athlete = self.athlete_id or athlete_id_for(f)
@@ -172,7 +250,7 @@ class IntervalsSource:
             recs, file_issues, notes = _read_export(table, athlete)
             records.extend(recs)
             issues.extend(file_issues)
-            remarks[athlete] = notes
+            remarks.setdefault(athlete, []).extend(notes)
         if not records:
             raise ValueError(f"intervals: no usable rows in {len(files)} file(s) under "
                              f"{self.path}")
@@ -200,7 +278,10 @@ def _read_export(
 
     by_day: dict[object, dict[str, object]] = {}
     injury_levels: list[tuple[object, float]] = []
-    readiness_seen: list[float] = []
+    scores_seen: dict[str, list[float]] = {col: [] for col in SCORES}
+    eftp_cols = sorted((h for h in table.header if _EFTP.match(h)),
+                       key=lambda h: (h != "Ride_eftp", table.header.index(h)))
+    superseded = 0
     for row in table.rows:
         v = row.values
         try:
@@ -228,11 +309,19 @@ def _read_export(
                                              "1-4 scale; left empty"))
                     continue
                 rec[canon] = four_point_to_score(level)
-        if "readiness" in v and not is_missing(v["readiness"]):
-            r = number(row.line, "readiness", v["readiness"])
-            if not math.isnan(r):
-                rec["recovery_score"] = r
-                readiness_seen.append(r)
+        for col, canon in SCORES.items():
+            if col in v and not is_missing(v[col]):
+                r = number(row.line, col, v[col])
+                if not math.isnan(r):
+                    rec[canon] = r
+                    scores_seen[col].append(r)
+        for col in eftp_cols:
+            if not is_missing(v.get(col)):
+                eftp = number(row.line, col, v[col])
+                if not math.isnan(eftp):
+                    rec["eftp_w"] = eftp
+                    break
+        rec["_updated"] = _updated(v.get("updated"))
         rec["tss"] = _daily_load(v, row.line, number)
         if "injury" in v and not is_missing(v["injury"]):
             level = number(row.line, "injury", v["injury"])
@@ -243,35 +332,74 @@ def _read_export(
                                              "1-4 scale; left empty"))
                 else:
                     injury_levels.append((day, level))
+                    rec["_injury_level"] = level
         if day in by_day:
             prev = by_day[day]
-            issues.append(ResolvedIssue(athlete, file, int(prev["_line"]), date_col,  # type: ignore[call-overload]
-                                     f"date {day.date()} appears again at line {row.line}; "
-                                     "this row is superseded"))
+            # The row intervals.icu updated last wins; no/equal timestamps: the later line.
+            new_wins = not (_updated_key(prev) > _updated_key(rec))
+            kept, lost = (rec, prev) if new_wins else (prev, rec)
+            why = ("updated later" if _updated_key(kept) != _updated_key(lost)
+                   else "same or no 'updated' time; the later line wins")
+            issues.append(ResolvedIssue(
+                athlete, file, int(lost["_line"]), date_col,  # type: ignore[call-overload]
+                f"date {day.date()} appears again at line {kept['_line']}, which is kept "
+                f"({why}); this row is superseded",
+            ))
+            superseded += 1
+            rec = kept
         by_day[day] = rec
 
     # Injury events: a day whose level reaches the event level from below.
     previous = 1.0
     events: dict[object, float] = {}
-    for day, level in sorted(injury_levels, key=lambda t: t[0]):  # type: ignore[arg-type, return-value]
+    kept_levels = sorted((day, float(rec["_injury_level"]))  # type: ignore[arg-type]
+                         for day, rec in by_day.items() if "_injury_level" in rec)
+    for day, level in kept_levels:  # only the rows kept (not superseded ones)
         events[day] = 1.0 if level >= INJURY_EVENT_LEVEL > previous else 0.0
         previous = level
     for day, flag in events.items():
-        if day in by_day:
-            by_day[day]["injury"] = flag
+        by_day[day]["injury"] = flag
 
-    if readiness_seen and max(readiness_seen) <= 10.0:
-        for rec in by_day.values():
-            if "recovery_score" in rec:
-                rec["recovery_score"] = float(rec["recovery_score"]) * 10.0  # type: ignore[arg-type]
-        notes.append("readiness is on a 0-10 scale in this export (all values <= 10): "
-                     "multiplied by 10")
-    custom = [h for h in table.header if h not in STANDARD_FIELDS and h]
+    for col, canon in SCORES.items():
+        seen = scores_seen[col]
+        if seen and max(seen) <= 10.0:
+            for rec in by_day.values():
+                if canon in rec:
+                    rec[canon] = float(rec[canon]) * 10.0  # type: ignore[arg-type]
+            notes.append(f"{col} is on a 0-10 scale in this export (all {len(seen)} values "
+                         f"<= 10, largest {max(seen):g}): multiplied by 10 into {canon}")
+    if superseded:
+        notes.append(f"{superseded} row(s) superseded by another row of the same date (the "
+                     "one updated last is kept; each listed as a warning)")
+    if eftp_cols:
+        n_eftp = sum(1 for rec in by_day.values() if "eftp_w" in rec)
+        notes.append(f"estimated FTP (eftp_w) from {' then '.join(eftp_cols)} on "
+                     f"{n_eftp} day(s)")
+    custom = [h for h in table.header if h not in STANDARD_FIELDS and h not in eftp_cols
+              and h]
     if custom:
         notes.append(f"custom fields not used: {', '.join(custom)}")
     if not injury_levels:
         notes.append("no injury entries (injury unknown)")
     return list(by_day.values()), issues, notes
+
+
+def _updated(raw: object) -> pd.Timestamp:
+    """The row's ``updated`` time (UTC, naive), NaT when absent or unreadable."""
+    if is_missing(raw):
+        return pd.NaT
+    try:
+        ts = pd.Timestamp(str(raw).strip())
+    except (ValueError, TypeError):
+        return pd.NaT
+    if ts is pd.NaT:
+        return pd.NaT
+    return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts
+
+
+def _updated_key(rec: dict[str, object]) -> pd.Timestamp:
+    when = rec.get("_updated")
+    return when if isinstance(when, pd.Timestamp) and when is not pd.NaT else pd.Timestamp.min
 
 
 def _daily_load(values: dict[str, str], line: int,
