@@ -123,6 +123,7 @@ def test_wellness_bad_rows_are_reported(tmp_path: Path) -> None:
                    (6, "", "warning"),  # superseded by line 7
                    (6, "readiness", "error")]
     assert any("superseded" in i.message for i in result.issues if i.line == 6)
+    assert "1 wellness report(s) superseded by a later report" in result.notes["p99"]
     assert all(i.file.endswith("pmsys/wellness.csv") and i.athlete_id == "p99"
                for i in result.issues)
 

@@ -333,12 +333,17 @@ def _read_wellness(p: Participant, path: Path, tz: str) -> None:
     _blank_readiness_zero_runs(p, path, entries)
 
     kept: dict[pd.Timestamp, tuple[int, dict[str, float]]] = {}
-    for _, day, line, answers in entries:
+    superseded = 0
+    for _, day, line, answers in entries:  # in time order: the latest report wins
         if day in kept:
             p.warn(path, kept[day][0], None,
                    f"another wellness report for {day.date()} follows at line {line}; "
                    "this one is superseded")
+            superseded += 1
         kept[day] = (line, answers)
+    if superseded:
+        p.notes.append(f"{superseded} wellness report(s) superseded by a later report of the "
+                       "same day (by report time; each listed as a warning)")
     for day, (_, a) in kept.items():
         values = {
             "recovery_score": a["readiness"] * 10.0,
