@@ -9,7 +9,9 @@ Stages (tasks over chunks of ``briefs.chunk_size`` athletes, never one per athle
 3. generate  - stored briefs still valid are reused (zero LLM calls); the rest come
                from the LLM under concurrency / rate / budget limits, or the rules
                engine when no key or endpoint is configured
-4. guard     - every LLM brief checked against the decision; rejects fall back
+4. guard     - every LLM reply (a structured brief) judged against the decision,
+               fields and text; refusals fall back to the rules brief, recorded
+               (``fallback_reason`` ``guardrail:...``, ``counts.refused``)
 5. store     - records keyed ``athlete:date:prompt_version[:suffix]``, valid 24 h
 6. publish   - a Markdown artifact with counts by source, fallbacks, tokens and cost
 

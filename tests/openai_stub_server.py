@@ -4,11 +4,15 @@ Why a server and not a mock: openai >= 3 talks through httpx2, which request moc
 not intercept, and only a real socket exercises timeouts, connection reuse, 429s and
 the client's own parsing. Endpoints:
 
-* ``POST /v1/chat/completions`` - answers each brief request. It reads the
+* ``POST /v1/chat/completions`` - answers each brief request with a structured brief
+  (one JSON object: session_type, max_zone, tss, intervals, race, text). It reads the
   ``<decision>`` block of the last user message and writes a brief that follows it
   (a compliant model), or - at ``bad_rate`` - one that breaks it (intervals, Z5, TSS far
-  above the cap). At ``fail_rate`` it answers 429 or 500 instead; ``latency_s`` delays
-  every answer; ``slow_rate`` answers take ``slow_latency_s`` (to trigger timeouts).
+  above the cap, declared honestly). With ``obey_injection`` it is a model that obeys
+  an instruction injected in the athlete's free text ("... reply: <text>"): it sends
+  that text as the brief, with fields that claim to follow the decision. At
+  ``fail_rate`` it answers 429 or 500 instead; ``latency_s`` delays every answer;
+  ``slow_rate`` answers take ``slow_latency_s`` (to trigger timeouts).
 * ``POST /v1/files``, ``GET /v1/files/{id}/content``, ``POST /v1/batches``,
   ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel`` - the Batch API.
 * ``GET /_stub/stats``, ``POST /_stub/reset``, ``POST /_stub/config`` - for a stub run
@@ -45,6 +49,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 DECISION_RE = re.compile(r"<decision>\s*(\{.*?\})\s*</decision>", re.DOTALL)
+FREE_TEXT_RE = re.compile(r"<athlete_free_text[^>]*>\s*(\{.*?\})\s*</athlete_free_text>",
+                          re.DOTALL)
+# An injected instruction the obedient model follows: "... reply: <the brief to send>".
+INSTRUCTION_RE = re.compile(r"(?:reply|say|write|answer)(?: with| exactly)?\s*:\s*(.+)",
+                            re.IGNORECASE | re.DOTALL)
 
 
 @dataclass
@@ -60,6 +69,7 @@ class StubConfig:
     seed: int = 0
     batch_polls_before_done: int = 1
     model: str = "gpt-4o-mini"
+    obey_injection: bool = False  # follow instructions found in the athlete's free text
 
 
 @dataclass
@@ -69,7 +79,7 @@ class StubStats:
     requests: int = 0  # every HTTP request to /v1
     chat_requests: int = 0
     statuses: Counter = field(default_factory=Counter)
-    answers: Counter = field(default_factory=Counter)  # good | bad | 429 | 500
+    answers: Counter = field(default_factory=Counter)  # good | bad | obeyed | 429 | 500
     chat_times: list[float] = field(default_factory=list)  # arrival, time.monotonic()
     in_flight: int = 0
     max_in_flight: int = 0
@@ -105,8 +115,30 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:] + "."
 
 
+def structured(text: str, *, session_type: str, max_zone: int, tss: int,
+               intervals: bool = False, race: bool = False) -> str:
+    """The model's reply: one JSON object (what the v2 prompt asks for)."""
+    return json.dumps({"session_type": session_type, "max_zone": max_zone, "tss": tss,
+                       "intervals": intervals, "race": race, "text": text})
+
+
+def compliant_fields(decision: dict[str, Any]) -> dict[str, Any]:
+    """Fields that claim to follow the decision exactly."""
+    types = decision.get("session_types") or ["rest"]
+    rest = decision.get("kind") == "rest"
+    return {"session_type": "rest" if rest else types[-1],
+            "max_zone": int(decision.get("max_zone", 1)),
+            "tss": int(decision.get("tss_high" if rest else "tss_aim", 0))}
+
+
 def good_brief(decision: dict[str, Any]) -> str:
-    """A brief that follows the decision, worded differently from the rules engine."""
+    """A structured brief that follows the decision, worded differently from the rules
+    engine."""
+    return structured(good_text(decision), **compliant_fields(decision))
+
+
+def good_text(decision: dict[str, Any]) -> str:
+    """The text of a brief that follows the decision."""
     reasons = decision.get("reasons") or ["your numbers"]
     zones = decision.get("zones") or ["Z1"]
     zone_text = zones[0] if len(zones) == 1 else f"{zones[0]} to {zones[-1]}"
@@ -131,10 +163,22 @@ def good_brief(decision: dict[str, Any]) -> str:
 
 def bad_brief(decision: dict[str, Any]) -> str:
     """A brief that breaks the decision: intervals, Z5 and far too much TSS."""
-    return (
-        "Ignore the numbers and smash 5x5 min VO2max intervals in Z5 today. "
-        f"Go for {int(decision.get('tss_high', 50)) + 60} TSS and empty the tank."
-    )
+    tss = int(decision.get("tss_high", 50)) + 60
+    text = ("Ignore the numbers and smash 5x5 min VO2max intervals in Z5 today. "
+            f"Go for {tss} TSS and empty the tank.")
+    return structured(text, session_type="vo2max", max_zone=5, tss=tss, intervals=True)
+
+
+def injected_instruction(user_message: str) -> str | None:
+    """The text an instruction in the athlete's free text asks the model to send."""
+    match = FREE_TEXT_RE.search(user_message or "")
+    if not match:
+        return None
+    for value in json.loads(match.group(1)).values():
+        found = INSTRUCTION_RE.search(str(value))
+        if found:
+            return found.group(1).strip().strip('"')
+    return None
 
 
 class StubServer:
@@ -223,6 +267,14 @@ class StubServer:
             return "bad", latency
         return "good", latency
 
+    def _obeys(self, body: dict[str, Any], kind: str) -> str:
+        """'obeyed' when this model follows an instruction injected in the free text."""
+        if kind != "good" or not self.config.obey_injection:
+            return kind
+        last_user = next((m.get("content", "") for m in reversed(body.get("messages") or [])
+                          if m.get("role") == "user"), "")
+        return "obeyed" if injected_instruction(last_user) else kind
+
     def _completion(self, body: dict[str, Any], kind: str) -> dict[str, Any]:
         messages = body.get("messages") or []
         last_user = next(
@@ -231,6 +283,8 @@ class StubServer:
         match = DECISION_RE.search(last_user or "")
         decision = json.loads(match.group(1)) if match else {}
         text = bad_brief(decision) if kind == "bad" else good_brief(decision)
+        if kind == "obeyed":
+            text = structured(injected_instruction(last_user) or "", **compliant_fields(decision))
         prompt_tokens = sum(len(str(m.get("content", ""))) for m in messages) // 4
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
@@ -272,6 +326,7 @@ class StubServer:
             except json.JSONDecodeError:
                 return JSONResponse(self._error(400), status_code=400)
             kind, latency = self._decide_fault(hashlib.sha256(raw).hexdigest())
+            kind = self._obeys(body, kind)
             if latency:
                 await asyncio.sleep(latency)
             with self._lock:
@@ -345,6 +400,7 @@ class StubServer:
             item = json.loads(line)
             digest = hashlib.sha256(json.dumps(item["body"], sort_keys=True).encode()).hexdigest()
             kind, _ = self._decide_fault(digest)
+            kind = self._obeys(item["body"], kind)
             with self._lock:
                 self.stats.answers[kind] += 1
             if kind in ("429", "500"):

@@ -76,7 +76,7 @@ def test_rules_flow_writes_stores_and_publishes(prefect_api, canonical_file, tmp
     assert "retired" in summary["inactive"]
     assert summary["store"] == str(tmp_path / "briefs.db")
     keys = {r.key for r in BriefStore(settings.brief_store()).for_date(DAY)}
-    assert keys == {"a1:2026-03-10:v1:rules", "a2:2026-03-10:v1:rules"}
+    assert keys == {"a1:2026-03-10:v2:rules", "a2:2026-03-10:v2:rules"}
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(

@@ -1,4 +1,5 @@
-"""Guardrails: LLM briefs checked against the rules decision."""
+"""Guardrails: LLM briefs checked against the rules decision (units; the hostile corpus
+is in test_briefs_safety.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from veloready_pipeline.briefs.guardrails import (
     check_brief,
-    intense_terms,
+    intensity_terms,
     named_tss,
     named_zones,
     split_sentences,
@@ -70,10 +71,15 @@ def test_named_tss(text: str, expected: list[int]) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("Z2", [2]), ("Z1-Z3", [1, 3]), ("zone 4", [4]), ("Z2 to Z3", [2, 3]), ("Zwift", [])],
+    [("Z2", [2]), ("Z1-Z3", [1, 3]), ("zone 4", [4]), ("Z2 to Z3", [2, 3]), ("Zwift", []),
+     ("Z 5", [5]), ("Z-5", [5]), ("zone five", [5]), ("zone V", [5]), ("zone Ⅵ", [6]),
+     ("zona cinco", [5]), ("Zone fünf", [5]), ("zone vier", [4]), ("ゾーン5", [5]),
+     ("Ｚ５", [5]), ("z\u200b5", [5]), ("the fifth zone", [5]), ("Z2-3", [2, 3]),
+     ("level 4", [4]), ("зона 5", [5]), ("in Z1-Z2, 45 TSS", [1, 2]),
+     ("Z2, 45 min", [2]), ("zones 2 and 3", [2, 3])],
 )
 def test_named_zones(text: str, expected: list[int]) -> None:
-    assert named_zones(text) == expected
+    assert sorted(set(named_zones(text))) == sorted(set(expected))
 
 
 @pytest.mark.parametrize(
@@ -81,21 +87,24 @@ def test_named_zones(text: str, expected: list[int]) -> None:
     [
         ("Do 4x8 min at VO2max", True),
         ("Some threshold intervals", True),
-        ("No intervals today", False),
-        ("Skip the sprints", False),
-        ("Keep it steady, no hard efforts", False),
+        ("No intervals today", True),  # negated or not: no negation windows
+        ("Skip the sprints", True),
+        ("Keep it steady, no hard efforts", True),
         ("Steady endurance", False),
+        ("Have a carb snack before you start", False),
+        ("Keep it to 40 TSS max, all in Z1-Z2", False),
+        ("Easy spin, trace the coast and embrace the grace of the road", False),
     ],
 )
-def test_intense_terms_respect_negation(text: str, flagged: bool) -> None:
-    assert bool(intense_terms(text)) is flagged
+def test_intensity_terms_ignore_negation(text: str, flagged: bool) -> None:
+    assert bool(intensity_terms(text)) is flagged
 
 
 GOOD = {
     "rest": "You're unwell, so rest today. If you move at all, keep it under 30 TSS of easy Z1.",
     "deload": "Recovery is low, so de-load. Keep it to 50 TSS in Z1-Z2, nice and easy.",
-    "mixed": "Mixed signals today. Ride about 85 TSS in Z2 with a touch of Z3, no intervals. "
-             "Fuel well.",
+    "mixed": "Mixed signals today. Ride about 85 TSS in Z2 with a touch of Z3, smooth and "
+             "steady. Fuel well.",
     "productive": "You're fresh and recovered. Hit 3x12 min at threshold in Z4 for about "
                   "100 TSS. Fuel with 60-90 g carbs per hour.",
 }
@@ -117,6 +126,8 @@ def test_compliant_briefs_pass(kind: str) -> None:
         ("deload", "Recovery is low. Do 70 TSS in Z2.", "tss_over_cap"),
         ("deload", "De-load today. Ride 45 TSS with some Z3 tempo.", "zone_above_cap"),
         ("mixed", "Mixed day. Do sweet spot for 80 TSS.", "intensity_not_allowed"),
+        ("mixed", "Mixed day, 80 TSS in Z2-Z3. No intervals today.", "intervals_not_allowed"),
+        ("rest", "Rest today, no VO2max. Keep it under 20 TSS.", "intensity_not_allowed"),
         ("mixed", "Mixed day, go steady in Z2.", "no_tss"),
         ("productive", "Go hard, 140 TSS in Z4. Fuel it.", "tss_over_cap"),
         ("productive", "Great day. Smash Z5 for 90 TSS.", "zone_above_cap"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,11 @@ from veloready_pipeline.briefs.store import BriefStore
 from veloready_pipeline.config import Settings
 
 DAY = dt.date(2026, 3, 10)
+
+
+def structured(text: str, *, tss: int, max_zone: int, intervals: bool = False) -> str:
+    return json.dumps({"session_type": "endurance", "max_zone": max_zone, "tss": tss,
+                       "intervals": intervals, "race": False, "text": text})
 
 
 def frame(n: int = 3, days: int = 12) -> pd.DataFrame:
@@ -36,7 +42,8 @@ def settings(tmp_path) -> Settings:
 def test_rules_run_and_rerun(settings: Settings) -> None:
     first = service.run_daily_briefs(frame(), DAY, settings)
     assert first["counts"] == {"briefs": 3, "rules": 3, "llm": 0, "cached": 0, "written": 3,
-                               "fallbacks": 0, "input_errors": 0, "inactive": 0}
+                               "fallbacks": 0, "refused": 0, "input_errors": 0,
+                               "inactive": 0}
     assert first["requests"] == 0 and first["cost_usd"] == 0 and first["mode"] == "rules"
     second = service.run_daily_briefs(frame(), DAY, settings)
     assert second["counts"]["cached"] == 3
@@ -53,7 +60,7 @@ def test_summary_markdown_lists_counts_fallbacks_and_failures(settings: Settings
     bad.loc[(bad.athlete_id == "r1") & (bad.date == pd.Timestamp(DAY)), "sleep_score"] = 140.0
     summary = service.run_daily_briefs(bad, DAY, settings, athlete_ids=["r0", "r1", "nobody"])
     md = service.summary_markdown(summary)
-    assert "# Daily briefs 2026-03-10" in md and "| 1 | 0 | 1 | 0 | 0 | 1 | 1 |" in md
+    assert "# Daily briefs 2026-03-10" in md and "| 1 | 0 | 1 | 0 | 0 | 0 | 1 | 1 |" in md
     assert "`r1` field `sleep_score`" in md and "`nobody`: athlete not found" in md
 
 
@@ -97,18 +104,24 @@ def test_guard_records_why_an_llm_brief_was_not_used(settings: Settings) -> None
     cases = [
         (None, "not_generated"),
         (LLMResult(key=plan.key, error="budget"), "budget"),
-        (LLMResult(key=plan.key, text="Go hard. 200 TSS of Z5 intervals."), "guardrail:"),
+        (LLMResult(key=plan.key, text="Go hard. 200 TSS of Z5 intervals."),
+         "guardrail:unstructured:not_json"),
+        (LLMResult(key=plan.key, text=structured("Go hard. 200 TSS of Z5 intervals.",
+                                                 tss=200, max_zone=5, intervals=True)),
+         "guardrail:declared_tss_over_cap:200>55"),
     ]
     for result, reason in cases:
         gen = service.Generation(results={plan.key: result} if result else {})
         [record] = service.guard_briefs([plan], gen, b, "llm")
         assert record.source == "rules" and record.text == plan.rules_text
         assert record.fallback_reason.startswith(reason)
-    ok = LLMResult(key=plan.key, text="Easy day, recovery is low. Keep it to 50 TSS in Z1-Z2.",
+    text = "Easy day, recovery is low. Keep it to 50 TSS in Z1-Z2."
+    ok = LLMResult(key=plan.key, text=structured(text, tss=50, max_zone=2),
                    prompt_tokens=900, completion_tokens=20, cost_usd=0.0002, attempts=1,
                    model="gpt-4o-mini")
     [record] = service.guard_briefs([plan], service.Generation(results={plan.key: ok}), b, "llm")
     assert record.source == "llm" and record.fallback_reason is None
+    assert record.text == text  # the brief's text, not the raw JSON reply
     assert (record.prompt_tokens, record.cost_usd, record.model) == (900, 0.0002, "gpt-4o-mini")
     assert record.prompt_hash and record.suffix is None
 

@@ -10,7 +10,7 @@ def test_defaults_are_the_design_card_gates():
     assert (g.rmse_max, g.mae_max, g.r2_min) == (8.0, 6.0, 0.7)
     assert s.min_history_days == 90
     assert s.briefs.model == "gpt-4o-mini" and s.briefs.temperature == 0.7
-    assert s.briefs.max_tokens == 150
+    assert s.briefs.max_tokens == 300
 
 
 def test_file_then_env_then_overrides(tmp_path, monkeypatch):

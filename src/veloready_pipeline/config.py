@@ -225,10 +225,10 @@ class BriefSettings(BaseModel):
     provider: Literal["auto", "rules", "llm"] = "auto"
     model: str = "gpt-4o-mini"
     temperature: float = Field(default=0.7, ge=0, le=2)
-    max_tokens: int = Field(default=150, ge=16, le=2048)
+    max_tokens: int = Field(default=300, ge=16, le=2048)  # a structured (JSON) brief
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
-    prompt_version: str = "v1"
+    prompt_version: str = "v2"
     concurrency: int = Field(default=16, ge=1, le=512)
     requests_per_minute: int = Field(default=3000, ge=1, le=1_000_000)
     max_retries: int = Field(default=4, ge=0, le=20)

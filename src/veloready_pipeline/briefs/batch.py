@@ -42,6 +42,7 @@ def build_batch_jsonl(requests: Sequence[BriefRequest], settings: BriefSettings)
                     "messages": r.messages,
                     "temperature": settings.temperature,
                     "max_tokens": settings.max_tokens,
+                    "response_format": {"type": "json_object"},
                 },
             },
             ensure_ascii=False,

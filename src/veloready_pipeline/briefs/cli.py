@@ -20,7 +20,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     c = summary["counts"]
     typer.echo(
         f"briefs for {summary['date']}: {c['briefs']} ({c['llm']} llm, {c['rules']} rules, "
-        f"{c['cached']} reused from the store), {c['fallbacks']} fallbacks, "
+        f"{c['cached']} reused from the store), {c['fallbacks']} fallbacks "
+        f"({c.get('refused', 0)} refused by the guardrails), "
         f"{c['input_errors']} input errors, {c['inactive']} inactive"
     )
     typer.echo(f"provider {summary['provider']} ({summary['mode']}), prompt "

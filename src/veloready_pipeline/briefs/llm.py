@@ -327,6 +327,7 @@ class ChatBriefWriter:
                     messages=request.messages,
                     temperature=s.temperature,
                     max_tokens=s.max_tokens,
+                    response_format={"type": "json_object"},  # a structured brief
                 )
             except Exception as exc:  # classified below; unknown errors are not retried
                 self.budget.settle(reserve, 0.0)

@@ -347,5 +347,5 @@ def write_rules_brief(inputs: BriefInputs, decision: Decision) -> str:
         if minutes:
             second = f"Do a {minutes} tempo ride in {zones} for about {d.tss_aim} TSS."
         else:
-            second = f"Aim for about {d.tss_aim} TSS in {zones}, no hard efforts."
+            second = f"Aim for about {d.tss_aim} TSS in {zones}, smooth and steady."
     return " ".join(s for s in (first, second, tail) if s)

@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 
 import pandas as pd
 
-from veloready_pipeline.briefs.guardrails import check_brief
+from veloready_pipeline.briefs.guardrails import check_brief, check_reply
 from veloready_pipeline.briefs.inputs import BriefInputs, InputsResult, compute_brief_inputs
 from veloready_pipeline.briefs.llm import (
     BriefRequest,
@@ -39,6 +39,8 @@ T = TypeVar("T")
 # Fallbacks that say nothing about the brief itself: a re-run within the validity
 # window tries the LLM again instead of serving the stored rules brief.
 TRANSIENT_REASONS = ("budget", "rate_limited", "server_error", "timeout", "connection", "batch_")
+REFUSED = "guardrail"  # the fallback bucket of briefs the guardrails refused
+MAX_REASON_CHARS = 200  # the store's fallback_reason column
 
 
 def parse_brief_date(value: str | dt.date | None, frame: pd.DataFrame | None = None) -> dt.date:
@@ -260,14 +262,17 @@ def split_cached(
     """Valid stored records to reuse, and the plans that still need a brief.
 
     With the LLM provider, records that fell back for a transient reason (budget, 429,
-    5xx, timeout) are tried again; everything else valid is reused at zero cost.
+    5xx, timeout) are tried again; everything else valid is reused at zero cost. A
+    stored LLM brief is judged again by today's guardrails before it is reused (a
+    stricter release must not serve what it would refuse); one it refuses is rewritten.
     """
     found = store.valid([p.key for p in plans], now)
     cached: list[BriefRecord] = []
     todo: list[BriefPlan] = []
     for plan in plans:
         record = found.get(plan.key)
-        if record is not None and not (provider == "llm" and is_transient(record)):
+        if (record is not None and not (provider == "llm" and is_transient(record))
+                and (record.source != "llm" or check_brief(record.text, plan.decision).ok)):
             cached.append(record)
         else:
             todo.append(plan)
@@ -329,6 +334,8 @@ def _record(
     result: LLMResult | None = None,
     violations: list[str] | None = None,
 ) -> BriefRecord:
+    if reason is not None and len(reason) > MAX_REASON_CHARS:
+        reason = reason[: MAX_REASON_CHARS - 1] + "…"
     return BriefRecord(
         key=plan.key,
         athlete_id=plan.inputs.athlete_id,
@@ -364,8 +371,11 @@ def guard_briefs(
 ) -> list[BriefRecord]:
     """Check every LLM brief against its decision; fall back to the rules brief (stage 4).
 
-    The record's ``source`` says where the text came from; ``fallback_reason`` says why
-    an LLM brief was not used (``guardrail:...``, ``budget``, ``rate_limited``, ...).
+    The LLM's reply is a structured brief (JSON); `check_reply` judges its fields and
+    its text against the decision. The record's ``source`` says where the text came
+    from; ``fallback_reason`` says why an LLM brief was not used (``guardrail:...`` for a
+    refusal, with every violation also in ``violations``; ``budget``, ``rate_limited``,
+    ...). Only the brief's text is stored, never the raw reply.
     """
     now = now or utc_now()
     prompt_hash = None
@@ -387,15 +397,14 @@ def guard_briefs(
                                    text=plan.rules_text, reason=result.error or "empty",
                                    result=result))
             continue
-        verdict = check_brief(result.text, plan.decision)
-        if verdict.ok:
+        verdict = check_reply(result.text, plan.decision)
+        if verdict.ok and verdict.brief is not None:
             records.append(_record(plan, settings, provider, now, prompt_hash, source="llm",
-                                   text=result.text, result=result))
+                                   text=verdict.brief.text, result=result))
         else:
             records.append(_record(
                 plan, settings, provider, now, prompt_hash, source="rules", text=plan.rules_text,
-                reason="guardrail:" + ",".join(verdict.violations), result=result,
-                violations=verdict.violations,
+                reason=verdict.reason, result=result, violations=verdict.violations,
             ))
     return records
 
@@ -446,6 +455,7 @@ def summarise_briefs(
         "cached": len(records) - len(fresh),
         "written": len(fresh),
         "fallbacks": sum(fallbacks.values()),
+        "refused": fallbacks.get(REFUSED, 0),
         "input_errors": len(inputs.errors),
         "inactive": len(inputs.inactive),
     }
@@ -486,10 +496,11 @@ def summary_markdown(summary: dict[str, Any], max_rows: int = 50) -> str:
         f"provider **{summary['provider']}** ({summary['mode']}), prompt "
         f"`{summary['prompt_version']}`, store `{summary['store']}`",
         "",
-        "| briefs | from LLM | from rules | cached | fallbacks | input errors | inactive |",
-        "|---|---|---|---|---|---|---|",
+        "| briefs | from LLM | from rules | cached | fallbacks | refused by guardrails "
+        "| input errors | inactive |",
+        "|---|---|---|---|---|---|---|---|",
         f"| {c['briefs']} | {c['llm']} | {c['rules']} | {c['cached']} | {c['fallbacks']} "
-        f"| {c['input_errors']} | {c['inactive']} |",
+        f"| {c['refused']} | {c['input_errors']} | {c['inactive']} |",
         "",
         f"requests **{summary['requests']}**, tokens {summary['tokens']['prompt']} in / "
         f"{summary['tokens']['completion']} out, cost **${summary['cost_usd']:.4f}** "
