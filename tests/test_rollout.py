@@ -152,10 +152,21 @@ def test_staged_rollout_promote_and_rollback(settings, result):
 
     # Widen v1 to 100 %, then ship v2 at 10 % with v1 as the fallback.
     runner = CliRunner()
+    assert runner.invoke(app, ["ota", "verify", str(first.parent.parent)]).exit_code == 0
+    staged = {p: p.read_bytes() for p in (first, first.with_name("manifest.json.sig"))}
     res = runner.invoke(app, ["ota", "promote", ATHLETE, "recovery", "--percent", "100"])
     assert res.exit_code == 0, res.output
-    assert "10 % -> 100 %" in res.output
+    assert "10 % -> 100 %" in res.output and "sequence 2" in res.output
     assert _manifest(first)["rollout"]["recovery"]["channel"] == "stable"
+    # Replay: the 10 % manifest and its valid signature put back after the promotion.
+    promoted = {p: p.read_bytes() for p in staged}
+    for p, data in staged.items():
+        p.write_bytes(data)
+    res = runner.invoke(app, ["ota", "verify", str(first.parent.parent)])
+    assert res.exit_code == 1, res.output
+    assert "sequence 1 is older than the last issued sequence 2" in res.output
+    for p, data in promoted.items():
+        p.write_bytes(data)
 
     better = copy.copy(result)
     better.params = dict(result.params, variant="v2")

@@ -217,6 +217,11 @@ class ExportSettings(BaseModel):
         "float32 package's bytes (the point of quantizing for an OTA download)",
     )
     ota_base_url: str = "https://models.veloready.app/ota"
+    ota_validity_days: float = Field(
+        default=30.0, gt=0, le=365,
+        description="a signed OTA manifest expires this many days after it is issued "
+        "(re-runs renew it once half of that has passed); the app then uses its rules",
+    )
 
 
 class BriefSettings(BaseModel):

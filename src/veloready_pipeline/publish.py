@@ -234,6 +234,7 @@ def publish_manifests(
         if not entries:
             continue
         path = write_manifest(ota_dir, athlete_id, entries, key,
-                              minimum_ios=settings.export.minimum_ios, extra=extra)
+                              minimum_ios=settings.export.minimum_ios, extra=extra,
+                              validity_days=settings.export.ota_validity_days)
         written[athlete_id] = str(path)
     return written

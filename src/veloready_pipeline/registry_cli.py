@@ -247,7 +247,12 @@ def ota_promote(
     config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
 ) -> None:
     """Widen a champion's staged rollout and re-sign the athlete's manifest."""
-    from veloready_pipeline.export.ota import OTAVerificationError, verify_path
+    from veloready_pipeline.export.ota import (
+        OTAVerificationError,
+        load_public_key,
+        public_key_path,
+        verify_path,
+    )
     from veloready_pipeline.rollout import RolloutError, promote_rollout
 
     _quiet()
@@ -258,13 +263,15 @@ def ota_promote(
         typer.secho(f"promote refused: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc
     try:
-        verify_path(Path(out["manifest"]))
+        # With the configured key (the one that just signed it), never the embedded one.
+        trusted = load_public_key(public_key_path(settings.resolve(settings.paths.signing_key)))
+        rep = verify_path(Path(out["manifest"]), trusted)[0]
     except OTAVerificationError as exc:
         typer.secho(f"re-signed manifest does not verify: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"{athlete} {family} v{out['version']}: {out['from_percent']} % -> "
-               f"{out['percent']} % ({out['channel']}); manifest re-signed and verified: "
-               f"{out['manifest']}")
+               f"{out['percent']} % ({out['channel']}); manifest re-signed (sequence "
+               f"{rep.sequence}, expires {rep.expires_at}) and verified: {out['manifest']}")
 
 
 def monitor_command(

@@ -283,6 +283,7 @@ def publish_athlete(settings: Settings, athlete_id: str,
         settings.resolve(settings.paths.ota_dir), athlete_id, entries,
         settings.resolve(settings.paths.signing_key),
         minimum_ios=settings.export.minimum_ios, extra=extra,
+        validity_days=settings.export.ota_validity_days,
     ))
 
 
