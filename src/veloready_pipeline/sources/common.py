@@ -250,6 +250,8 @@ def missing_sensor_notes(frame: pd.DataFrame) -> dict[str, list[str]]:
             remarks.append("no power data")
         for col, label in SENSOR_LABELS.items():
             if col not in rows or rows[col].isna().all():
+                if col == "tss" and "load_au" in rows and rows["load_au"].notna().any():
+                    label = "training load as load_au (not TSS)"
                 remarks.append(label)
         if remarks:
             notes[str(athlete)] = remarks
