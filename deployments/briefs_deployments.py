@@ -23,9 +23,9 @@ def brief_deployments() -> list[Any]:
         name="backfill",
         description=(
             "Manual backfill: briefs for every date in [start, end] (inclusive). "
-            "Parameters: start, end (YYYY-MM-DD), athlete_ids, data."
+            "Parameters: start, end (required, YYYY-MM-DD inside the data's dates), "
+            "athlete_ids, data."
         ),
         tags=["veloready", "briefs", "backfill"],
-        parameters={"start": "2026-01-01", "end": "2026-01-07"},
     )
     return [daily, backfill]

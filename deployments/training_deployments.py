@@ -22,10 +22,13 @@ def training_deployments() -> list[Any]:
         name="backfill",
         description=(
             "Manual backfill: re-train as of each date in [start, end] every N days, "
-            "using only data up to each date. Parameters: start, end, every_days, "
-            "athlete_ids, families, data."
+            "using only data up to each date. Parameters: start, end (required, "
+            "YYYY-MM-DD inside the data's dates: a window before the data fails naming "
+            "them), every_days, athlete_ids, families, data."
         ),
         tags=["veloready", "training", "backfill"],
-        parameters={"start": "2026-01-01", "end": "2026-01-01", "every_days": 7},
+        # No default window: dates only make sense against the data at hand, so the
+        # run form asks for start and end.
+        parameters={"every_days": 7},
     )
     return [weekly, backfill]

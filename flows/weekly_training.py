@@ -165,6 +165,9 @@ def weekly_training(
                    if not athlete_ids or aid in athlete_ids}
     logger.info("validated %d athletes: %d quarantined, %d training", outcome.n_athletes,
                 len(outcome.quarantined), frame["athlete_id"].nunique())
+    if frame.empty:  # nothing to train: say why, naming the data's dates
+        raise pipeline.NoDataError(pipeline.no_rows_message(
+            ingested.frame, outcome.clean, as_of, athlete_ids))
 
     run_id = str(flow_run.get_id() or "local")
     lineage = {
@@ -219,7 +222,7 @@ def weekly_training(
         + "\n\n" + pipeline.gate_table_markdown(rows),
         description=f"Gate verdicts of {len(rows)} athlete models",
     )
-    logger.info("done: %s; summary at %s", counts, out)
+    logger.info("done: %s; summary at %s", pipeline.counts_text(counts), out)
     return summary
 
 
@@ -246,20 +249,43 @@ def weekly_training_backfill(
     Each as-of run sees only rows up to its date, so the registry ends up as it would
     have been had the weekly flow run on those dates.
     """
+    logger = get_run_logger()
     settings = settings or load_settings()
     day = dt.date.fromisoformat(start)
     last = dt.date.fromisoformat(end)
     if last < day:
         raise ValueError(f"backfill end {end} is before start {start}")
-    out = []
+    window = pipeline.data_window(pipeline.load_data(settings, data).frame)
+    dates = []
     while day <= last:
+        dates.append(day)
+        day += dt.timedelta(days=every_days)
+    if window is None:
+        raise pipeline.NoDataError("backfill: the data holds no dated rows")
+    first, latest = dt.date.fromisoformat(window[0]), dt.date.fromisoformat(window[1])
+    before = [d for d in dates if d < first]
+    dates = [d for d in dates if d >= first]
+    if not dates:
+        raise pipeline.NoDataError(
+            f"backfill {start}..{end}: every as-of date is before the data, which covers "
+            f"{window[0]}..{window[1]}; pick dates in that range")
+    if before:
+        logger.warning("backfill: %d as-of date(s) before the data's first day %s skipped "
+                       "(%s); the data covers %s..%s", len(before), window[0],
+                       ", ".join(d.isoformat() for d in before), window[0], window[1])
+    if dates[-1] > latest:
+        logger.warning("backfill: as-of dates after the data's last day %s see the same "
+                       "rows as %s", window[1], window[1])
+    logger.info("backfill: %d as-of run(s) from %s to %s every %d days (data %s..%s)",
+                len(dates), dates[0], dates[-1], every_days, window[0], window[1])
+    out = []
+    for day in dates:
         summary = weekly_training(settings=settings, data=data, as_of=day.isoformat(),
                                   athlete_ids=athlete_ids, families=families, progress=False)
         out.append({"as_of": day.isoformat(), "counts": summary["counts"],
                     "summary_path": summary["summary_path"]})
-        day += dt.timedelta(days=every_days)
+        logger.info("backfill as of %s: %s", day, pipeline.counts_text(summary["counts"]))
     return out
-
 
 if __name__ == "__main__":
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -15,7 +15,10 @@ from prefect.cache_policies import NO_CACHE
 
 from veloready_pipeline import pipeline
 from veloready_pipeline.config import Settings
+from veloready_pipeline.logs import get_logger
 from veloready_pipeline.results import ModelResult
+
+log = get_logger("stages")
 
 
 @task(name="ingest-data", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
@@ -32,7 +35,16 @@ def validate_data(ingested: pipeline.IngestResult, settings: Settings) -> Any:
     outcome = validate_frame(ingested.frame, ingested.issues,
                              max_gap_days=settings.validation.max_gap_days,
                              max_missing_rates=settings.validation.max_missing_rates or None)
-    write_quarantine_reports(outcome, settings.resolve(settings.paths.quarantine_dir))
+    folder = settings.resolve(settings.paths.quarantine_dir)
+    write_quarantine_reports(outcome, folder)
+    log.info("validate: %d athletes checked by the Great Expectations suite, %d quarantined",
+             outcome.n_athletes, len(outcome.quarantined))
+    for aid, report in sorted(outcome.quarantined.items()):
+        fails = getattr(report, "failures", []) or [{}]
+        first = fails[0]
+        log.warning("validate: %s quarantined (%d failed checks, first: %s / %s); report "
+                    "in %s", aid, len(getattr(report, "failures", [])), first.get("column"),
+                    first.get("rule"), folder / f"{aid}.md")
     return outcome
 
 
@@ -57,9 +69,18 @@ def register_models(results: list[ModelResult], settings: Settings, data_hash: s
     from veloready_pipeline.registry import register_results, residual_svg
 
     # Residual plots as hand-written SVG (the MLflow UI previews it) for every model.
-    return register_results(results, settings, data_hash=data_hash, lineage=lineage,
-                            score_fn=pipeline.score_model, plot_fn=residual_svg,
-                            workdir=workdir, known_runs=known_runs)
+    outcomes = register_results(results, settings, data_hash=data_hash, lineage=lineage,
+                                score_fn=pipeline.score_model, plot_fn=residual_svg,
+                                workdir=workdir, known_runs=known_runs)
+    for out in outcomes:
+        if out.version is not None:
+            log.info("register: %s v%s%s: %s", out.registered_name, out.version,
+                     " (champion)" if out.champion else "", out.decision)
+    fams = sorted({r.family for r in results})
+    log.info("register %s: %d runs logged to MLflow, %d versions registered, %d reused "
+             "from an earlier run", "/".join(fams) or "-", len(outcomes),
+             sum(o.version is not None for o in outcomes), sum(bool(o.reused) for o in outcomes))
+    return outcomes
 
 
 @task(name="export-models", cache_policy=NO_CACHE, task_run_name="export-chunk-{chunk_no}")
@@ -68,7 +89,14 @@ def export_models(chunk_no: int, results: list[ModelResult], outcomes: list[Any]
     """Core ML + ONNX export (quantized for networks) of newly registered models."""
     from veloready_pipeline.publish import export_registered
 
-    return export_registered(results, outcomes, settings)
+    records = export_registered(results, outcomes, settings)
+    for (aid, fam), rec in sorted(records.items()):
+        if rec.get("error"):
+            log.warning("export %s %s failed, not shipped: %s", fam, aid, rec["error"])
+    log.info("export: %d registered versions exported (Core ML/ONNX), %d failed",
+             sum(not r.get("error") for r in records.values()),
+             sum(bool(r.get("error")) for r in records.values()))
+    return records
 
 
 @task(name="publish-ota", cache_policy=NO_CACHE)
@@ -77,7 +105,10 @@ def publish_ota(exports: dict[tuple[str, str], dict[str, Any]], outcomes: list[A
     """Signed OTA manifests, one per athlete, advertising each family's champion."""
     from veloready_pipeline.publish import publish_manifests
 
-    return publish_manifests(exports, outcomes, settings)
+    written = publish_manifests(exports, outcomes, settings)
+    log.info("publish: %d signed OTA manifests written to %s", len(written),
+             settings.resolve(settings.paths.ota_dir))
+    return written
 
 
 @task(name="write-report", cache_policy=NO_CACHE)

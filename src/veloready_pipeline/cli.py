@@ -42,7 +42,11 @@ def _quiet_env() -> None:
     # MLflow 3 sends usage telemetry from a background thread unless told not to; the
     # pipeline runs on machines without internet (and the others' analytics are off).
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # The pipeline's INFO logs reach the console and the Prefect UI; Prefect's
+    # internals and third-party libraries stay at WARNING (see veloready_pipeline.logs).
+    from veloready_pipeline.logs import prefect_logging_env
+
+    prefect_logging_env()
     # The local (ephemeral) API server can take well over the default 20 s to start on
     # a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

@@ -23,8 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from veloready_pipeline.config import Settings, SourceSettings
 from veloready_pipeline.gates import regression_metrics
+from veloready_pipeline.logs import get_logger
 from veloready_pipeline.results import ModelResult
 from veloready_pipeline.sources.base import ParseIssue, SourceResult
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -79,8 +82,55 @@ def load_data(settings: Settings, data: str | None = None,
         cfg = SourceSettings(name="canonical", path=str(path))
     source = make_source(cfg)
     result: SourceResult = source.load()
-    return IngestResult(result.frame, list(result.issues), dict(result.notes),
-                        getattr(source, "name", cfg.name), str(cfg.path))
+    ingested = IngestResult(result.frame, list(result.issues), dict(result.notes),
+                            getattr(source, "name", cfg.name), str(cfg.path))
+    log.info("ingest: %d rows of %d athletes from %s source %s (%s)", len(result.frame),
+             _n_athletes(result.frame), ingested.source, ingested.location,
+             describe_window(result.frame))
+    if ingested.issues:
+        log.warning("ingest: %d rows/values could not be parsed (kept for the quarantine "
+                    "report)", len(ingested.issues))
+    return ingested
+
+
+def _n_athletes(frame: pd.DataFrame) -> int:
+    return int(frame["athlete_id"].nunique()) if "athlete_id" in frame and len(frame) else 0
+
+
+def data_window(frame: pd.DataFrame) -> tuple[str, str] | None:
+    """First and last date in the rows (YYYY-MM-DD), None when there are none."""
+    if "date" not in frame or not len(frame):
+        return None
+    dates = pd.to_datetime(frame["date"], errors="coerce").dropna()
+    if dates.empty:
+        return None
+    return dates.min().date().isoformat(), dates.max().date().isoformat()
+
+
+def describe_window(frame: pd.DataFrame) -> str:
+    """'dates 2026-06-07..2026-12-03' or 'no dated rows'."""
+    window = data_window(frame)
+    return f"dates {window[0]}..{window[1]}" if window else "no dated rows"
+
+
+class NoDataError(ValueError):
+    """The run's window holds no rows; the message names the data's date range."""
+
+
+def no_rows_message(raw: pd.DataFrame, clean: pd.DataFrame, as_of: str | None,
+                    athlete_ids: Sequence[str] | None) -> str:
+    """Why a training window is empty, with the dates the data does cover."""
+    where = f"the data covers {describe_window(raw)} ({_n_athletes(raw)} athletes)"
+    if not len(raw):
+        return "no rows to train on: the source returned no rows"
+    if not len(clean):
+        return f"no rows to train on: every athlete was quarantined by validation; {where}"
+    window = data_window(clean)
+    if as_of is not None and window is not None and as_of < window[0]:
+        return (f"no rows to train on as of {as_of}: {where}, the first validated day is "
+                f"{window[0]}; pick an as-of date from {window[0]} to {window[1]}")
+    who = f" for athletes {', '.join(athlete_ids)}" if athlete_ids else ""
+    return f"no rows to train on{who} as of {as_of or 'latest'}: {where}"
 
 
 def cut_as_of(frame: pd.DataFrame, as_of: str | None) -> pd.DataFrame:
@@ -145,10 +195,30 @@ def train_family(family: str, frame: pd.DataFrame, athlete_ids: list[str],
         if family == "recovery":
             from veloready_pipeline.models.recovery import train_recovery_chunk
 
-            return train_recovery_chunk(frame, athlete_ids, settings, warm_starts)
-        from veloready_pipeline.models.nets import train_net_chunk
+            results = train_recovery_chunk(frame, athlete_ids, settings, warm_starts)
+        else:
+            from veloready_pipeline.models.nets import train_net_chunk
 
-        return train_net_chunk(family, frame, athlete_ids, settings)
+            results = train_net_chunk(family, frame, athlete_ids, settings)
+    log_verdicts(family, results)
+    return results
+
+
+def log_verdicts(family: str, results: Sequence[ModelResult]) -> None:
+    """One line per athlete model (its gate verdict or why there is none) and a tally."""
+    tally: dict[str, int] = {}
+    for r in results:
+        kind = ("passed" if r.passed else "gate failed" if r.status == "trained"
+                else r.status)
+        tally[kind] = tally.get(kind, 0) + 1
+        if r.status == "failed":
+            log.warning("%s %s: training failed: %s", family, r.athlete_id, r.reason)
+        elif r.status == "trained":  # the verdict's reason starts with passed/failed
+            log.info("%s %s: gate %s", family, r.athlete_id, r.reason or kind)
+        else:
+            log.info("%s %s: %s: %s", family, r.athlete_id, kind, r.reason or "no reason given")
+    log.info("train %s: %d athletes: %s", family, len(results),
+             ", ".join(f"{n} {k}" for k, n in sorted(tally.items())) or "none")
 
 
 def score_model(result: ModelResult, model: Any) -> float:
@@ -279,6 +349,14 @@ def gate_table_markdown(rows: list[dict[str, Any]], limit: int = 200) -> str:
     if len(rows) > limit:
         lines.append(f"\n… {len(rows) - limit} more rows in the summary JSON")
     return "\n".join(lines)
+
+
+def counts_text(counts: dict[str, dict[str, int]]) -> str:
+    """'recovery: 3 registered, 2 gate failed; zones: ...' (no Python dicts in logs)."""
+    return "; ".join(
+        f"{fam}: " + ", ".join(f"{n} {status.replace('_', ' ')}"
+                               for status, n in sorted(by.items()))
+        for fam, by in counts.items()) or "no models"
 
 
 def status_counts(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:

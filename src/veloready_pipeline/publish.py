@@ -139,6 +139,9 @@ def _freeze_imports() -> None:
     """
     import gc
 
+    from veloready_pipeline.logs import quiet_coremltools
+
+    quiet_coremltools()
     import coremltools  # noqa: F401
     import onnx  # noqa: F401
     import torch  # noqa: F401

@@ -101,6 +101,9 @@ _IDENTITY_OBJECTIVES = frozenset({
 @functools.cache
 def _ct() -> Any:
     """Import coremltools quietly (it logs version warnings and Linux runtime misses)."""
+    from veloready_pipeline.logs import quiet_coremltools
+
+    quiet_coremltools()  # the notes it logs later, on lazy submodule imports, too
     logger = logging.getLogger("coremltools")
     level = logger.level
     logger.setLevel(logging.ERROR)
