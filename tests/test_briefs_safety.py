@@ -73,6 +73,17 @@ HOSTILE = [
     "Ride tempo-ish (Z 3) for a while. 25 TSS.",
     "Do a set of 30/30s in zone 5. 25 TSS.",
     "z o n e 5 for a bit, then spin. 25 TSS.",
+    # idioms, perceived effort, power and heart-rate targets
+    "Rest today, then ride like you stole it. 25 TSS.",
+    "Go full send on the last climb. 25 TSS.",
+    "Give it everything you've got for a minute. 25 TSS.",
+    "Make it hurt for five minutes, then spin. 25 TSS.",
+    "Keep RPE at 9 for a few minutes. 25 TSS.",
+    "Ride at 9/10 effort briefly. 25 TSS.",
+    "Ride at 400 W for a minute. 25 TSS.",
+    "Keep heart rate at 185 bpm for a bit. 25 TSS.",
+    "Ride in Z five for a bit. 25 TSS.",
+    "Do a little SST today. 25 TSS.",
     # percent of FTP
     "Do 4x4 min at 110% FTP. Keep it to 25 TSS.",
     "Ride at 1.2x FTP for five minutes. About 25 TSS.",
@@ -125,9 +136,9 @@ EXPECTED_RULE = {"rest": "2-hrv-spike", "illness": "1-body-stress", "deload": "4
                  "deload-crunched": "4-hrv-rhr-strain"}
 DECISIONS = {name: decide_brief(i) for name, i in LOW_DAYS.items()}
 
-CONTENT = ("zone_above_cap", "ftp_pct_above_cap", "intensity_not_allowed",
-           "intervals_not_allowed", "rest_contradicted", "injection", "hidden_characters",
-           "foreign_script")
+CONTENT = ("zone_above_cap", "ftp_pct_above_cap", "rpe_above_cap", "intensity_not_allowed",
+           "intervals_not_allowed", "rest_contradicted", "power_target_on_low_day",
+           "hr_target_on_low_day", "injection", "hidden_characters", "foreign_script")
 
 
 def test_corpus_is_large_and_distinct() -> None:
@@ -287,6 +298,17 @@ def test_structured_reply_is_judged_against_the_decision(raw, kind, violation) -
                max_zone=2, tss=50), "deload"),
         (reply("You're unwell, so rest today. If you move at all, keep it under 30 TSS of Z1.",
                session_type="rest", max_zone=1, tss=30), "rest"),
+        (reply("Your body needs a break: illness signs are high, so make it a rest day. If "
+               "you want to move, keep it to a gentle 20 TSS spin in Z1. Drink plenty and "
+               "get to bed early.", session_type="recovery", max_zone=1, tss=20), "rest"),
+        (reply("Recovery is only 35%, so ease off today. Ride about 50 TSS at a relaxed, "
+               "conversational pace in Z1-Z2.", max_zone=2, tss=50), "deload"),
+        (reply("Mixed signals today, so ride steady: about 85 TSS in Z2 with a little "
+               "tempo in Z3. Fuel with 60 g of carbs per hour.", max_zone=3, tss=85,
+               session_type="tempo"), "mixed"),
+        (reply("You're fresh and recovered, so today's a quality day. Do 2x20 min sweet "
+               "spot in Z3-Z4 for about 100 TSS. Fuel with 60-90 g of carbs per hour.",
+               max_zone=4, tss=100, intervals=True, session_type="sweet_spot"), "productive"),
     ],
 )
 def test_valid_structured_replies_are_accepted(raw: str, kind: str) -> None:

@@ -10,10 +10,14 @@ race yes/no, text) and `check_reply` refuses it unless all of these hold:
 3. **text vs decision** (`check_brief`) - everything the text names is read into a zone
    level and judged against the ceiling: zone numbers in any spelling (Z5, Z 5, zone
    five, zone V, zona cinco, Zone fuenf, full-width digits, look-alike letters),
-   percent of FTP, and intensity words (tempo, threshold, VO2max, sprint, race, attack,
-   "all out", ...). There is **no negation handling**: "don't rest, do VO2max" and "no
-   VO2max today" are both refused on a day whose ceiling is Z1-Z2. A word costs a nicer
-   sentence at worst; a missed one could send an ill athlete out for intervals;
+   percent of FTP, perceived effort (RPE 9, 9/10), and intensity words and idioms
+   (tempo, threshold, VO2max, sprint, race, attack, "all out", "full send", ...); on
+   rest and de-load days also any power target and heart-rate targets above 140 bpm.
+   There is **no negation handling**: "don't rest, do VO2max" and "no VO2max today" are
+   both refused on a day whose ceiling is Z1-Z2. A word costs a nicer sentence at worst;
+   a missed one could send an ill athlete out for intervals. The word list cannot be
+   complete (a new idiom can slip through it), which is why the fields, the zone and
+   percent readings and the form checks stand beside it;
 4. **text vs fields** - the text names no zone, TSS, intervals or race beyond what its
    own fields declare (a model cannot declare "rest" and write "sprints");
 5. **form** - 2-3 sentences, not too long, no link, no instruction-like text, no
@@ -231,6 +235,8 @@ _ZONE_RE = re.compile(
     rf"(?<![a-z]){_ZONE_WORD}\s*[-.:#=]?\s*({_NUM})"
     rf"(?:{_JOIN}(?:{_ZONE_WORD}\s*[-.:#=]?\s*|z\s*)({_NUM})|{_JOIN}([0-9]){_UNIT_AFTER})?"
 )
+_Z_WORDS = "|".join(w for w in _NUMBER_WORDS if len(w) > 2 and w.isascii())
+_Z_WORD_RE = re.compile(rf"(?<![a-z0-9])z(?:\s+|\s*[-.:#]\s*)({_Z_WORDS})(?![a-z0-9])")
 _Z_RE = re.compile(
     r"(?<![a-z0-9])z\s*[-.:#]?\s*([0-9]+)(?![0-9])"
     rf"(?:{_JOIN}(?:{_ZONE_WORD}\s*|z\s*)([0-9]+)(?![0-9])|{_JOIN}([0-9]){_UNIT_AFTER})?"
@@ -246,7 +252,7 @@ def _zone_value(token: str) -> int:
 
 def _zones_in(text: str) -> list[int]:
     out: list[int] = []
-    for pattern in (_ZONE_RE, _Z_RE):
+    for pattern in (_ZONE_RE, _Z_RE, _Z_WORD_RE):
         for m in pattern.finditer(text):
             out.extend(_zone_value(g) for g in m.groups() if g is not None)
     out.extend(_ORDINALS[m.group(1)] for m in _ORDINAL_RE.finditer(text))
@@ -285,8 +291,8 @@ def _lexicon() -> list[tuple[re.Pattern[str], int, bool]]:
         (r"pick(?:ing)? up the pace|up the pace|pacy", 3, False),
         (r"effort(?:s)? (?:at|above|over) (?:z|zone)", 3, False),
         # threshold (Z4)
-        (r"threshold\w*|umbral\w*|soglia|seuil\w*|schwelle\w*|drempel\w*|limiar\w*", 4, False),
-        (r"sweet\s*-?\s*spot\w*", 4, False),
+        (r"thresh\w*|umbral\w*|soglia|seuil\w*|schwelle\w*|drempel\w*|limiar\w*", 4, False),
+        (r"sweet\s*-?\s*spot\w*|sst", 4, False),
         (r"ftp|lthr|lt2|lactate\w*|critical power", 4, False),
         (r"tt|tt pace", 4, False),
         (r"over\s*-?\s*unders?|criss\s*-?\s*cross\w*", 4, True),
@@ -305,6 +311,12 @@ def _lexicon() -> list[tuple[re.Pattern[str], int, bool]]:
         (r"bury yourself|dig deep|pain cave|suffer\w*|go(?:ing)? deep", 5, False),
         (r"smash\w*|hammer\w*|crush\w*|rip (?:it|their|the|your)\w*|send it", 5, False),
         (r"vollgas|a tope|a tutta|a fond|a bloc|fond de train", 5, False),
+        (r"full\s*-?\s*send\w*|max(?:ed|ing)? (?:it )?out|give it (?:everything|all)\w*|"
+         r"all (?:you'?ve|you) got|leave it all|inside out|(?:make|let) it hurt|hurt\w*|"
+         r"floor it|like you stole it|no holds barred|crank (?:it )?up|turn it up|"
+         r"ramp it up|chase\w* (?:down|them|him|her|the|your)|go ham|beast mode|spicy|"
+         r"lungs? (?:burn|on fire)\w*|legs? (?:burn|on fire)\w*|drop the (?:group|bunch)",
+         5, False),
         # anaerobic, attacks and tests (Z6)
         (r"anaerob\w*|neuromuscular\w*", 6, False),
         (r"attack\w*|ataque\w*|attacc\w*|attaque\w*|angriff\w*|attacke\w*|breakaway\w*", 6, False),
@@ -338,6 +350,26 @@ def ftp_percents(text: str) -> list[float]:
     out = [float(m.group(1).replace(",", ".")) for p in (_PCT_FTP, _FTP_PCT)
            for m in p.finditer(text)]
     out += [100 * float(m.group(1).replace(",", ".")) for m in _FTP_MULT.finditer(text)]
+    return out
+
+
+_RPE = re.compile(r"(?<![a-z0-9])(?:rpe|borg)\s*(?:of|at|:|=|~)?\s*([0-9]{1,2})(?![0-9])|"
+                  r"(?<![0-9./])([0-9]{1,2})\s*(?:/|out of)\s*10(?![0-9])"
+                  r"(?!\s*(?:nights?|days?|times?|sessions?|rides?|weeks?))")
+# Perceived effort 1-10 as a power zone (roughly: 1-2 Z1, 3-4 Z2, 5-6 Z3, 7 Z4, 8 Z5,
+# 9 Z6, 10 Z7).
+_RPE_ZONE = {1: 1, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3, 7: 4, 8: 5, 9: 6, 10: 7}
+_WATTS = re.compile(r"(?<![a-z0-9.])([0-9]{2,4})\s*(?:w|watts?)(?![a-z0-9])")
+_BPM = re.compile(r"(?<![a-z0-9.])([0-9]{2,3})\s*(?:bpm|beats)(?![a-z0-9])")
+LOW_DAY_MAX_BPM = 140  # a heart-rate target above this is no rest or de-load day
+
+
+def rpe_zones(text: str) -> list[int]:
+    """Perceived-effort targets (RPE 8, 9/10 effort) as power zones."""
+    out = []
+    for m in _RPE.finditer(text):
+        value = int(m.group(1) or m.group(2))
+        out.append(_RPE_ZONE.get(min(max(value, 1), 10), 7))
     return out
 
 
@@ -433,6 +465,16 @@ def check_brief(
     pcts = ftp_percents(norm.folded)
     if pcts and max(pcts) > ZONE_TOP_PCT[cap_zone]:
         violations.append(f"ftp_pct_above_cap:{max(pcts):g}%>{ZONE_TOP_PCT[cap_zone]}%")
+    rpes = rpe_zones(norm.folded)
+    if rpes and max(rpes) > cap_zone:
+        violations.append(f"rpe_above_cap:Z{max(rpes)}>Z{cap_zone}")
+    if cap_zone <= 2:  # rest and de-load days: no power or heart-rate targets to chase
+        watts = _WATTS.search(norm.folded)
+        if watts:
+            violations.append(f"power_target_on_low_day:{watts.group(0)}")
+        bpm = [int(m.group(1)) for m in _BPM.finditer(norm.folded)]
+        if bpm and max(bpm) > LOW_DAY_MAX_BPM:
+            violations.append(f"hr_target_on_low_day:{max(bpm)}bpm>{LOW_DAY_MAX_BPM}")
     terms = intensity_terms(text, norm)
     high = [t for t in terms if t.level > cap_zone]
     if high:
@@ -449,7 +491,7 @@ def check_brief(
 
     if structured is not None:
         s = structured
-        said = max([*zones, *(pct_zone(p) for p in pcts), *(t.level for t in terms if
+        said = max([*zones, *rpes, *(pct_zone(p) for p in pcts), *(t.level for t in terms if
                                                             t.level < _RACE_LEVEL)], default=1)
         if said > s.max_zone:
             violations.append(f"text_disagrees:zone Z{said}>declared Z{s.max_zone}")
