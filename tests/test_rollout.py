@@ -250,3 +250,26 @@ def test_rollback_without_champion_or_previous_is_refused(settings, result):
         rollback_champion(settings, ATHLETE, "recovery", reason="x", actor="a", to_version="1")
     with pytest.raises(RolloutError, match="1..100"):
         promote_rollout(settings, ATHLETE, "recovery", 0, actor="a")
+
+
+def test_publish_renews_a_due_manifest_of_an_athlete_outside_the_run(settings, result,
+                                                                     monkeypatch):
+    import datetime as dt
+
+    from veloready_pipeline.export import ota
+
+    path = _ship_new_version(settings, result, "renew")
+    first = _manifest(path)
+    t0 = dt.datetime.fromisoformat(first["issued_at"].replace("Z", "+00:00"))
+    before = path.read_bytes()
+    # A week later, a run that does not include the athlete: nothing is rewritten.
+    monkeypatch.setattr(ota, "_now", lambda: t0 + dt.timedelta(days=7))
+    assert publish_manifests({}, [], settings) == {}
+    assert path.read_bytes() == before
+    # Past half the validity: the champion's manifest is renewed from the registry.
+    monkeypatch.setattr(ota, "_now", lambda: t0 + dt.timedelta(days=16))
+    assert publish_manifests({}, [], settings) == {ATHLETE: str(path)}
+    renewed = _manifest(path)
+    assert renewed["sequence"] == first["sequence"] + 1
+    assert renewed["models"] == first["models"]
+    assert renewed["expires_at"] == ota._iso(t0 + dt.timedelta(days=46))

@@ -218,8 +218,14 @@ def manifest_entries(record: dict[str, Any]) -> list[dict[str, Any]]:
 def publish_manifests(
     exports: dict[tuple[str, str], dict[str, Any]], outcomes: Iterable[Any], settings: Settings
 ) -> dict[str, str]:
-    """Write one signed manifest per athlete that has at least one exported champion."""
-    from veloready_pipeline.export.ota import write_manifest
+    """Write one signed manifest per athlete that has at least one exported champion.
+
+    Besides this run's champions, athletes whose manifest is due for renewal (half of
+    ``export.ota_validity_days`` passed, `ota.renewal_due`) are republished from the
+    registry, so a champion keeps shipping while its athlete is not retrained (gate
+    failed, skipped, quarantined) instead of expiring on the phone.
+    """
+    from veloready_pipeline.export.ota import renewal_due, write_manifest
 
     champions: dict[str, dict[str, str]] = {}
     for out in outcomes:
@@ -230,7 +236,8 @@ def publish_manifests(
     key = settings.resolve(settings.paths.signing_key)
     from veloready_pipeline.rollout import manifest_content
 
-    for athlete_id in sorted(champions):
+    due = renewal_due(ota_dir, settings.export.ota_validity_days)
+    for athlete_id in sorted(set(champions) | set(due)):
         # Every family's champion from the registry, with its staged rollout (percent,
         # previous version to fall back to) and the app's rule-based fallback in `extra`.
         entries, extra = manifest_content(settings, athlete_id)

@@ -87,6 +87,7 @@ __all__ = [
     "key_id",
     "load_public_key",
     "public_key_path",
+    "renewal_due",
     "verify_manifest",
     "verify_path",
     "verify_tree",
@@ -334,6 +335,24 @@ def _issued_records(root: Path) -> dict[str, dict[str, Any]]:
 def _write_issued(root: Path, folder: str, record: dict[str, Any]) -> None:
     path = issued_record_dir(root) / f"{folder}.json"
     _atomic_write(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+
+
+def renewal_due(root: Path, validity_days: float, now: dt.datetime | None = None
+                ) -> list[str]:
+    """Exact ids of athletes whose last issued manifest is at least half its validity old.
+
+    Read from the publisher's issued records only (no registry, no manifest), so a
+    publish stage can renew every champion's manifest before it expires, including
+    athletes its run did not train.
+    """
+    now = (now or _now()).astimezone(dt.UTC)
+    due = []
+    for rec in _issued_records(Path(root)).values():
+        issued = _parse_time(rec.get("issued_at"))
+        if issued is None or now >= issued + dt.timedelta(days=validity_days) / 2:
+            if isinstance(rec.get("athlete_id"), str):
+                due.append(rec["athlete_id"])
+    return sorted(due)
 
 
 def _state_record(report: VerifyReport) -> dict[str, Any]:
