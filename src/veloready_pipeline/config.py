@@ -5,6 +5,13 @@ variables (nested fields use ``__``, e.g. ``VELOREADY_TUNING__N_TRIALS=10``) and
 validated before any work starts, so a bad value fails in the first second with a
 message that names the field. Nothing here touches the file system or MLflow at import
 time: paths are resolved by `Settings.resolved_paths()` when a flow starts.
+
+Sources merge field by field: defaults < YAML file < ``VELOREADY_*`` environment <
+explicit overrides. Setting one gate threshold (``gates.recovery.rmse_max``) keeps the
+defaults of the others; a threshold is switched off only by setting it to ``null``.
+Search spaces merge the same way (per family, then per parameter). Unknown keys are
+errors at every depth, in the file and in ``VELOREADY_*`` names, and every problem is
+raised as one `ConfigError` line naming the key and where it came from.
 """
 
 from __future__ import annotations
@@ -14,15 +21,41 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from pydantic_settings.exceptions import SettingsError
 
 Family = Literal["recovery", "zones", "injury"]
 ALL_FAMILIES: tuple[Family, ...] = ("recovery", "zones", "injury")
+
+# The hyper-parameters each family's trainer reads (`models.recovery._booster_params`
+# and ``n_estimators``; `models.batched.fit_config` and the nets' ``hidden``). Any other
+# name in a search space would be tuned and then ignored, so it is refused.
+SPACE_PARAMS: dict[str, frozenset[str]] = {
+    "recovery": frozenset({"max_depth", "learning_rate", "n_estimators", "min_child_weight",
+                           "subsample", "reg_lambda"}),
+    "zones": frozenset({"hidden", "lr", "weight_decay", "prior_strength"}),
+    "injury": frozenset({"hidden", "lr", "weight_decay", "prior_strength"}),
+}
+
+# ``VELOREADY_*`` environment names that are not settings.
+NON_SETTING_ENV = frozenset({"VELOREADY_CONFIG", "VELOREADY_HOME", "VELOREADY_TIMING_FILE"})
+NON_SETTING_ENV_PREFIXES = ("VELOREADY_TEST_",)
+
+
+class ConfigError(ValueError):
+    """A settings problem, said in one line that names the key and where it came from."""
+
+
+class _Section(BaseModel):
+    """A settings section: an unknown key is an error, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def repo_root() -> Path:
@@ -34,7 +67,7 @@ def repo_root() -> Path:
     return Path(os.environ.get("VELOREADY_HOME", os.getcwd())).resolve()
 
 
-class PathSettings(BaseModel):
+class PathSettings(_Section):
     """Every place the pipeline writes. Relative paths are relative to `repo_root()`."""
 
     data_dir: Path = Path("data")
@@ -57,7 +90,7 @@ class PathSettings(BaseModel):
     )
 
 
-class SourceSettings(BaseModel):
+class SourceSettings(_Section):
     """Where the daily rows come from."""
 
     name: Literal["auto", "canonical", "generic_csv", "intervals", "pmdata", "postgres"] = "auto"
@@ -67,7 +100,7 @@ class SourceSettings(BaseModel):
     query: str | None = Field(default=None, description="SQL query for the postgres source")
 
 
-class SimulatorSettings(BaseModel):
+class SimulatorSettings(_Section):
     """Synthetic athletes used when no data source is configured."""
 
     athletes: int = Field(default=20, ge=1, le=100_000)
@@ -90,7 +123,7 @@ class SimulatorSettings(BaseModel):
         return (end - dt.timedelta(days=self.days - 1)).isoformat()
 
 
-class SearchSpace(BaseModel):
+class SearchSpace(_Section):
     """Optuna search space for one family: name -> [low, high] or list of choices."""
 
     params: dict[str, list[Any]] = Field(default_factory=dict)
@@ -136,7 +169,7 @@ def _default_spaces() -> dict[str, SearchSpace]:
     }
 
 
-class TuningSettings(BaseModel):
+class TuningSettings(_Section):
     """Optuna configuration shared by the families."""
 
     sampler: Literal["tpe", "grid"] = "tpe"
@@ -144,7 +177,7 @@ class TuningSettings(BaseModel):
     grid_points: int = Field(
         default=3, ge=2, le=10, description="points per numeric axis for grid search"
     )
-    spaces: dict[str, SearchSpace] = Field(default_factory=_default_spaces)
+    spaces: dict[Family, SearchSpace] = Field(default_factory=_default_spaces)
     warm_start: bool = Field(default=True, description="enqueue last week's best params")
     zones_max_epochs: int = Field(
         default=150, ge=5, le=10_000, description="epochs cap of a zone-net fine-tune trial"
@@ -176,7 +209,40 @@ class TuningSettings(BaseModel):
     )
 
 
-class GateThresholds(BaseModel):
+    @field_validator("spaces", mode="before")
+    @classmethod
+    def _merge_spaces(cls, value: Any) -> Any:
+        # Field by field: a family not given keeps its default space, a parameter not
+        # given keeps its default range; a parameter is fixed with a one-choice list.
+        if not isinstance(value, dict):
+            return value
+        out: dict[Any, Any] = {k: v.model_dump() for k, v in _default_spaces().items()}
+        for fam, space in value.items():
+            given = space.model_dump(exclude_unset=True) if isinstance(space, SearchSpace) \
+                else space
+            if isinstance(given, dict) and isinstance(out.get(fam), dict):
+                params = given.get("params")
+                merged = dict(out[fam]) | given
+                if isinstance(params, dict):
+                    merged["params"] = out[fam]["params"] | params
+                out[fam] = merged
+            else:
+                out[fam] = given
+        return out
+
+    @field_validator("spaces")
+    @classmethod
+    def _known_params(cls, value: dict[Family, SearchSpace]) -> dict[Family, SearchSpace]:
+        for fam, space in value.items():
+            unknown = sorted(set(space.params) - SPACE_PARAMS[fam])
+            if unknown:
+                raise ValueError(
+                    f"unknown {fam} hyper-parameter(s) {', '.join(unknown)}; known: "
+                    f"{', '.join(sorted(SPACE_PARAMS[fam]))}")
+        return value
+
+
+class GateThresholds(_Section):
     """Thresholds for one family. Unset metrics are not gated."""
 
     rmse_max: float | None = Field(default=None, gt=0)
@@ -204,7 +270,7 @@ def _default_gates() -> dict[str, GateThresholds]:
     }
 
 
-class ExportSettings(BaseModel):
+class ExportSettings(_Section):
     """Core ML / ONNX export and OTA publication."""
 
     minimum_ios: str = "17.0"
@@ -224,7 +290,7 @@ class ExportSettings(BaseModel):
     )
 
 
-class BriefSettings(BaseModel):
+class BriefSettings(_Section):
     """Daily brief generation."""
 
     provider: Literal["auto", "rules", "llm"] = "auto"
@@ -269,7 +335,7 @@ class BriefSettings(BaseModel):
     )
 
 
-class ValidationSettings(BaseModel):
+class ValidationSettings(_Section):
     """Limits of the Great Expectations validation stage (`veloready_pipeline.validation`)."""
 
     max_gap_days: int = Field(
@@ -281,8 +347,19 @@ class ValidationSettings(BaseModel):
         description="column -> largest allowed share of null values (overrides the schema)",
     )
 
+    @field_validator("max_missing_rates")
+    @classmethod
+    def _known_columns(cls, value: dict[str, float]) -> dict[str, float]:
+        if value:
+            from veloready_pipeline.schema import COLUMNS_BY_NAME
 
-class ExecutionSettings(BaseModel):
+            unknown = sorted(set(value) - set(COLUMNS_BY_NAME))
+            if unknown:
+                raise ValueError(f"unknown canonical column(s) {', '.join(unknown)}")
+        return value
+
+
+class ExecutionSettings(_Section):
     """How work is spread: chunks of athletes per task, local or Dask."""
 
     chunk_size: int = Field(default=50, ge=1, le=10_000)
@@ -296,7 +373,7 @@ class ExecutionSettings(BaseModel):
     )
 
 
-class RolloutSettings(BaseModel):
+class RolloutSettings(_Section):
     """Staged OTA rollout of a new champion (see `veloready_pipeline.rollout`)."""
 
     initial_percent: int = Field(
@@ -304,7 +381,7 @@ class RolloutSettings(BaseModel):
     )
 
 
-class MonitoringSettings(BaseModel):
+class MonitoringSettings(_Section):
     """Live monitoring of champions against the outcomes that arrive after them."""
 
     window_days: int = Field(default=14, ge=3, le=365, description="rolling window of outcomes")
@@ -358,7 +435,7 @@ class Settings(BaseSettings):
     source: SourceSettings = Field(default_factory=SourceSettings)
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
     tuning: TuningSettings = Field(default_factory=TuningSettings)
-    gates: dict[str, GateThresholds] = Field(default_factory=_default_gates)
+    gates: dict[Family, GateThresholds] = Field(default_factory=_default_gates)
     export: ExportSettings = Field(default_factory=ExportSettings)
     briefs: BriefSettings = Field(default_factory=BriefSettings)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
@@ -381,12 +458,22 @@ class Settings(BaseSettings):
             raise ValueError("at least one family must be trained")
         return list(dict.fromkeys(value))
 
-    @model_validator(mode="after")
-    def _gates_for_families(self) -> Settings:
-        defaults = _default_gates()
-        for fam in ALL_FAMILIES:
-            self.gates.setdefault(fam, defaults[fam])
-        return self
+    @field_validator("gates", mode="before")
+    @classmethod
+    def _merge_gates(cls, value: Any) -> Any:
+        # Field by field: a threshold not given keeps its default (``null`` turns one
+        # off), a family not given keeps all of its defaults.
+        if not isinstance(value, dict):
+            return value
+        out: dict[Any, Any] = {k: v.model_dump() for k, v in _default_gates().items()}
+        for fam, given in value.items():
+            if isinstance(given, GateThresholds):
+                given = given.model_dump(exclude_unset=True)
+            if isinstance(given, dict) and isinstance(out.get(fam), dict):
+                out[fam] = out[fam] | given
+            else:
+                out[fam] = given
+        return out
 
     @classmethod
     def settings_customise_sources(
@@ -437,29 +524,190 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
 def load_settings(
     config_file: str | Path | None = None, **overrides: Any
 ) -> Settings:
-    """Build and validate the settings.
+    """Build and validate the settings, merging every source field by field.
 
     Order of precedence: ``overrides`` > ``VELOREADY_*`` environment > YAML file
     (``config_file`` or ``$VELOREADY_CONFIG``) > defaults.
 
     Raises:
-        pydantic.ValidationError: naming the offending field.
-        FileNotFoundError: if an explicit config file does not exist.
+        ConfigError: one line naming the key and its origin (file, ``VELOREADY_*`` name
+            or argument): an unknown key at any depth, a bad value, a missing or
+            unreadable file, invalid YAML.
     """
     file_values: dict[str, Any] = {}
+    label = ""
     path = config_file or os.environ.get("VELOREADY_CONFIG")
     if path:
-        text = Path(path).read_text(encoding="utf-8")
-        file_values = yaml.safe_load(text) or {}
-        if not isinstance(file_values, dict):
-            raise ValueError(f"config file {path} must hold a mapping at the top level")
-    env_values = Settings().model_dump(exclude_unset=True) if _any_env() else {}
+        label = (f"config file {path}" if config_file
+                 else f"config file {path} (VELOREADY_CONFIG)")
+        file_values = read_config_file(path, label)
+    env_values = env_settings()
     merged = _deep_merge(_deep_merge(file_values, env_values), overrides)
-    return Settings(**merged)
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, overrides, env_values, file_values,
+                                          label)) from exc
 
 
-def _any_env() -> bool:
-    return any(k.startswith("VELOREADY_") and k not in _NON_SETTING_ENV for k in os.environ)
+def read_config_file(path: str | Path, label: str | None = None) -> dict[str, Any]:
+    """The top-level mapping of a YAML settings file (``ConfigError`` naming the file)."""
+    p = Path(path)
+    label = label or f"config file {p}"
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{label} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{label} is a folder, not a YAML file") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{label} is not UTF-8 text (byte {exc.start})") from exc
+    except OSError as exc:
+        raise ConfigError(f"{label} cannot be read: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(yaml_error_text(exc, label)) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label} must hold a mapping of settings at the top level, "
+                          f"not a {type(data).__name__}")
+    return data
 
 
-_NON_SETTING_ENV = {"VELOREADY_CONFIG", "VELOREADY_HOME"}
+def yaml_error_text(exc: Exception, label: str) -> str:
+    """One line for a YAML syntax error: the file, line and column, and the problem."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    return f"{label}{where}: invalid YAML: {problem}" + (f" ({context})" if context else "")
+
+
+def setting_env_names() -> list[str]:
+    """The ``VELOREADY_*`` environment names meant as settings."""
+    out = []
+    for name in os.environ:
+        up = name.upper()
+        if (up.startswith("VELOREADY_") and up not in NON_SETTING_ENV
+                and not up.startswith(NON_SETTING_ENV_PREFIXES)):
+            out.append(name)
+    return sorted(out)
+
+
+def env_settings() -> dict[str, Any]:
+    """The settings given by ``VELOREADY_*`` names, as a nested dict (not validated).
+
+    An unknown top-level name is an error here; unknown nested keys are refused by
+    validation (every section forbids extra keys) and named by `describe_errors`.
+    """
+    names = setting_env_names()
+    for name in names:
+        top = name[len("VELOREADY_"):].split("__", 1)[0].lower()
+        if top not in Settings.model_fields:
+            raise ConfigError(f"unknown setting {name} in the environment: there is no "
+                              f"setting {top!r}{_did_you_mean(top, list(Settings.model_fields))}")
+    if not names:
+        return {}
+    try:
+        return EnvSettingsSource(Settings)()
+    except SettingsError as exc:
+        import re
+
+        found = re.search(r'field "([^"]+)"', str(exc))
+        field = found.group(1) if found else ""
+        env = next((n for n in names if n.upper() == f"VELOREADY_{field}".upper()), field)
+        raise ConfigError(f"{env}={os.environ.get(env, '')!r} in the environment is not "
+                          f"valid JSON (list and mapping settings take JSON, e.g. "
+                          f"'[\"recovery\"]')") from exc
+
+
+def describe_errors(exc: ValidationError, overrides: dict[str, Any], env: dict[str, Any],
+                    file_values: dict[str, Any], file_label: str) -> str:
+    """One line naming each invalid key, its value and where it came from."""
+    parts = []
+    errors = exc.errors()
+    for err in errors[:5]:
+        loc = list(err["loc"])
+        is_key = bool(loc) and loc[-1] == "[key]"
+        if is_key:
+            loc = loc[:-1]
+        key = _dotted(loc)
+        origin = _origin(loc, overrides, env, file_values, file_label)
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            known = _fields_at(loc[:-1])
+            parts.append(f"unknown setting {key}{origin}"
+                         f"{_did_you_mean(str(loc[-1]), known)}")
+        elif is_key:
+            parts.append(f"unknown key {key}{origin}: {msg[:1].lower()}{msg[1:]}")
+        else:
+            value = err.get("input")
+            shown = f" = {value!r}" if isinstance(value, str | int | float | bool) else ""
+            parts.append(f"{key}{shown}{origin}: {msg}")
+    if len(errors) > 5:
+        parts.append(f"and {len(errors) - 5} more")
+    return "; ".join(parts)
+
+
+def _dotted(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _has_path(values: Any, loc: list[Any]) -> bool:
+    for part in loc:
+        if isinstance(values, dict) and part in values:
+            values = values[part]
+        elif isinstance(values, list) and isinstance(part, int) and part < len(values):
+            values = values[part]
+        else:
+            return False
+    return True
+
+
+def _origin(loc: list[Any], overrides: dict[str, Any], env: dict[str, Any],
+            file_values: dict[str, Any], file_label: str) -> str:
+    if _has_path(overrides, loc):
+        return " (argument)"
+    if _has_path(env, loc):
+        names = {n.upper(): n for n in setting_env_names()}
+        for end in range(len(loc), 0, -1):
+            candidate = "VELOREADY_" + "__".join(str(p) for p in loc[:end])
+            if candidate.upper() in names:
+                return f" (from {names[candidate.upper()]})"
+        return " (environment)"
+    if file_label and _has_path(file_values, loc):
+        return f" (in {file_label})"
+    return ""
+
+
+def _fields_at(loc: list[Any]) -> list[str]:
+    """The field names of the settings section at ``loc`` (best effort, for hints)."""
+    import typing
+
+    model: Any = Settings
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is not None and part in fields:
+            ann = fields[part].annotation
+        elif fields is None and isinstance(model, type(dict[str, int])):
+            ann = typing.get_args(model)[-1]  # a dict's value type: skip the key
+        else:
+            return []
+        model = next((a for a in (ann, *typing.get_args(ann))
+                      if isinstance(a, type) and issubclass(a, BaseModel)
+                      or typing.get_origin(a) is dict), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
