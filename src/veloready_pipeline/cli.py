@@ -2,21 +2,122 @@
 
 Commands import the flows lazily, so `veloready --help` stays fast and nothing
 (Prefect, MLflow) is touched until a command runs.
+
+Fail fast and short: settings, ``VELOREADY_HOME`` and the configured folders, the data
+path and its source (mapping file, mapped columns), families and dates are checked
+before Prefect, MLflow or torch are imported. A user mistake ends in one line on
+stderr naming the setting, option or file, exit code 2, and (for ``train`` and
+``main``) a summary JSON saying the run did not start and why. ``--debug`` anywhere on
+the command line adds the traceback. Child processes (Prefect's ephemeral API server)
+end with the command, however it ends (`veloready_pipeline.childguard`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import traceback
 from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
 
 from veloready_pipeline.registry_cli import monitor_command, ota_promote, registry_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="VeloReady Pipeline: per-athlete models, gated, registered, shipped.")
+
+class UserError(Exception):
+    """A user mistake (setting, option, file, date): one line naming it, exit code 2."""
+
+
+# Exceptions that are user mistakes wherever they are raised (by name, so that checking
+# them imports nothing heavy): one line and exit code 2.
+USER_ERROR_NAMES = frozenset({"UserError", "ConfigError", "SourceDetectionError",
+                              "NoDataError"})
+USER_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+# Commands whose flows may start child processes (Prefect's ephemeral server, Dask).
+CHILD_COMMANDS = frozenset({"train", "main", "monitor", "briefs", "registry"})
+_GUARD: list[subprocess.Popen[bytes]] = []
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, USER_OS_ERRORS) or any(
+        t.__name__ in USER_ERROR_NAMES for t in type(exc).__mro__)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _strip_debug(argv: list[str]) -> tuple[list[str], bool]:
+    cut = argv.index("--") if "--" in argv else len(argv)
+    head = [a for a in argv[:cut] if a != "--debug"]
+    return head + argv[cut:], len(head) != cut
+
+
+def start_child_guard() -> None:
+    """Start the watchdog that ends this process's children if it is killed."""
+    if _GUARD or not Path("/proc/self/stat").exists():
+        return
+    from veloready_pipeline import childguard
+
+    try:
+        _GUARD.append(subprocess.Popen(
+            [sys.executable, "-I", "-S", childguard.__file__, str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            close_fds=True))
+    except OSError:  # no watchdog is no reason to refuse the run
+        pass
+
+
+def _fail(message: str, code: int, exc: BaseException | None, debug: bool) -> NoReturn:
+    if debug and exc is not None:
+        traceback.print_exception(exc)
+    typer.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+class VeloreadyApp(typer.Typer):
+    """The ``veloready`` entry point: every error ends in one line; ``--debug`` adds the
+    traceback. User mistakes exit 2, failed checks (OTA, review) keep their codes."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raw = kwargs.pop("args", None)
+        argv = list(raw if raw is not None else (args[0] if args else sys.argv[1:]))
+        argv, debug = _strip_debug(argv)
+        command = next((a for a in argv if not a.startswith("-")), None)
+        if command in CHILD_COMMANDS:
+            start_child_guard()
+        try:
+            rv = typer.main.get_command(self).main(
+                args=argv, prog_name=kwargs.pop("prog_name", "veloready"),
+                standalone_mode=False)
+        except SystemExit:
+            raise
+        except typer.Abort as exc:
+            _fail("aborted", 1, exc, debug)
+        except Exception as exc:  # noqa: BLE001 - the one place errors become one line
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                sys.exit(int(getattr(exc, "exit_code", 2)))  # the help is already shown
+            if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+                # a usage error found by the option parser (unknown option, bad value)
+                ctx = getattr(exc, "ctx", None)
+                hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+                _fail(" ".join(exc.format_message().split()) + hint, int(exc.exit_code), exc,
+                      debug)
+            if _is_user_error(exc):
+                _fail(_one_line(exc), 2, exc, debug)
+            _fail(f"{type(exc).__name__}: {_one_line(exc)}"
+                  + ("" if debug else " (run again with --debug for the traceback)"), 1, exc,
+                  debug)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = VeloreadyApp(add_completion=False, no_args_is_help=True,
+                   help="VeloReady Pipeline: per-athlete models, gated, registered, shipped. "
+                   "Add --debug anywhere for tracebacks.")
 ota_app = typer.Typer(no_args_is_help=True, help="OTA manifests for the app.")
 app.add_typer(ota_app, name="ota")
 app.add_typer(registry_app, name="registry")
@@ -25,15 +126,12 @@ app.command("monitor")(monitor_command)
 
 
 def _settings(config: Path | None, **overrides: object):  # noqa: ANN202
-    from pydantic import ValidationError
-
-    from veloready_pipeline.config import load_settings
+    from veloready_pipeline.config import ConfigError, load_settings
 
     try:
         return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        typer.secho(f"invalid configuration:\n{exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
+    except ConfigError as exc:
+        raise UserError(str(exc)) from exc
 
 
 def _quiet_env() -> None:
@@ -54,6 +152,177 @@ def _quiet_env() -> None:
 
 def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+# --------------------------------------------------------------------------- checks
+# Everything below runs before Prefect, MLflow or torch are imported (pydantic, YAML and
+# pandas only): a mistake costs about a second, not the start-up of a flow.
+
+
+def check_home(settings: Any) -> None:
+    """VELOREADY_HOME and every configured folder must be (or can become) folders."""
+    from veloready_pipeline.config import repo_root
+
+    raw = os.environ.get("VELOREADY_HOME")
+    _check_folder(repo_root(), f"VELOREADY_HOME={raw}" if raw else
+                  f"the current folder {os.getcwd()} (VELOREADY_HOME is not set)")
+    names = ["data_dir", "ota_dir", "reports_dir", "quarantine_dir"]
+    if not settings.tracking_uri:
+        names.append("mlflow_dir")
+    for name in names:
+        path = settings.resolve(getattr(settings.paths, name))
+        _check_folder(path, f"paths.{name} ({path})")
+    key = settings.resolve(settings.paths.signing_key)
+    if key.is_dir():
+        raise UserError(f"paths.signing_key ({key}) is a folder, not a key file")
+    _check_folder(key.parent, f"the folder of paths.signing_key ({key})")
+
+
+def _check_folder(path: Path, label: str) -> None:
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{label} is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"{label} is not writable")
+        return
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{label}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"{label} cannot be created: {parent} is not writable")
+            return
+
+
+def check_families(families: str | None) -> list[str] | None:
+    """The ``--families`` list, every name a known family."""
+    from veloready_pipeline.config import ALL_FAMILIES
+
+    if families is None:
+        return None
+    fams = _csv(families) or []
+    unknown = [f for f in fams if f not in ALL_FAMILIES]
+    if unknown or not fams:
+        raise UserError(f"--families {families!r}: "
+                        + (f"unknown family {', '.join(map(repr, unknown))}" if unknown
+                           else "no family named")
+                        + f"; choose from {', '.join(ALL_FAMILIES)}")
+    return list(dict.fromkeys(fams))
+
+
+def check_date(value: str | None, option: str) -> str | None:
+    """A calendar date YYYY-MM-DD (returned in that form)."""
+    import datetime as dt
+
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value.strip()).isoformat()
+    except ValueError as exc:
+        raise UserError(f"{option} {value!r} is not a calendar date YYYY-MM-DD "
+                        f"({exc})") from exc
+
+
+def check_source(settings: Any, data: str | None, source: str | None,
+                 mapping: Path | None) -> None:
+    """The data path exists, its source can be told and built, a mapping fits its files.
+
+    Sets ``settings.source.mapping`` from ``--mapping``.
+    """
+    import typing
+
+    from veloready_pipeline.config import SourceSettings
+
+    names = typing.get_args(SourceSettings.model_fields["name"].annotation)
+    if source is not None and source not in names:
+        raise UserError(f"--source {source!r} is not a source; choose from "
+                        f"{', '.join(names)}")
+    map_label = "--mapping" if mapping is not None else "source.mapping"
+    if mapping is not None:
+        settings.source.mapping = mapping
+    cfg = settings.source
+    # The same composition as `pipeline.load_data`: --data/--source over the settings.
+    if data is not None or source is not None:
+        cfg = SourceSettings(**(cfg.model_dump() | {
+            "path": data if data is not None else cfg.path,
+            "name": source or ("auto" if data is not None else cfg.name),
+        }))
+    if cfg.mapping is not None and not Path(cfg.mapping).is_file():
+        raise UserError(f"{map_label} {cfg.mapping}: "
+                        + ("is a folder, not a mapping file" if Path(cfg.mapping).is_dir()
+                           else "no such file"))
+    if cfg.path is None and cfg.mapping is None:
+        return  # synthetic athletes (written on first use)
+    label = "--data" if data is not None else "source.path"
+    text = str(cfg.path or "")
+    if text and "://" not in text and not any(ch in text for ch in "*?["):
+        if not Path(text).exists():
+            raise UserError(f"{label} {text}: no such file or folder")
+    import yaml
+
+    from veloready_pipeline.config import yaml_error_text
+    from veloready_pipeline.sources import GenericCsvSource, make_source
+
+    try:
+        built = make_source(cfg)
+        if isinstance(built, GenericCsvSource):
+            check_mapped_columns(built)
+    except yaml.YAMLError as exc:
+        raise UserError(yaml_error_text(exc, f"mapping file {cfg.mapping}")) from exc
+    except (ValueError, OSError) as exc:
+        raise UserError(_one_line(exc).replace("Value error, ", "")) from exc
+
+
+def check_mapped_columns(source: Any) -> None:
+    """Every column a mapping names is in the header of at least one of its files."""
+    from veloready_pipeline.sources.common import read_csv_table
+
+    files = source.files()
+    m = source.mapping
+    headers = {f: set(read_csv_table(f, encoding=m.encoding, delimiter=m.delimiter).header)
+               for f in files}
+    seen = set().union(*headers.values())
+    wanted = [("date.column", m.date.column)]
+    if m.athlete.column:
+        wanted.append(("athlete.column", m.athlete.column))
+    wanted += [(f"fields.{name}", spec.column) for name, spec in m.fields.items()]
+    absent = [f"{key} {col!r}" for key, col in wanted if col not in seen]
+    if absent:
+        first = files[0]
+        shown = sorted(headers[first])
+        raise UserError(
+            f"mapping file {source.mapping_path or '(inline)'}: {', '.join(absent)} "
+            f"in the header of none of {len(files)} file(s) (header of {first.name}: "
+            f"{', '.join(shown[:12])}{', ...' if len(shown) > 12 else ''})")
+
+
+def write_not_started(summary_json: Path | None, settings: Any, message: str,
+                      command: str) -> Path | None:
+    """A summary JSON saying the run did not start and why (best effort).
+
+    Written to ``--summary-json`` when given, else under ``paths.reports_dir`` as
+    ``summary-not-started-<UTC time>.json`` when the settings could be read.
+    """
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    if summary_json is not None:
+        path = summary_json
+    elif settings is not None:
+        path = (settings.resolve(settings.paths.reports_dir)
+                / f"summary-not-started-{now:%Y%m%dT%H%M%SZ}.json")
+    else:
+        return None
+    body = {"status": "not_started", "started": False, "reason": message,
+            "command": command, "argv": sys.argv[1:], "checked_at": now.isoformat()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        return None  # e.g. VELOREADY_HOME is a file: the one-line error says so
+    return path
 
 
 @app.command()
@@ -89,12 +358,18 @@ def train(
 ) -> None:
     """Run the weekly training flow once (locally, or against PREFECT_API_URL)."""
     _quiet_env()
-    settings = _settings(config)
-    if mapping is not None:
-        settings.source.mapping = mapping
+    settings = None
+    try:
+        settings = _settings(config)
+        check_home(settings)
+        fams = check_families(families)
+        as_of = check_date(as_of, "--as-of")
+        check_source(settings, data, source, mapping)
+    except UserError as exc:
+        write_not_started(summary_json, settings, str(exc), "train")
+        raise
     from flows.weekly_training import weekly_training
 
-    fams = _csv(families)
     summary = weekly_training(settings=settings, data=data, source=source, as_of=as_of,
                               athlete_ids=_csv(athletes), families=fams,  # type: ignore[arg-type]
                               summary_json=str(summary_json) if summary_json else None)
@@ -113,7 +388,14 @@ def main(
 ) -> None:
     """The main job on the embedded default: synthetic athletes, training, briefs."""
     _quiet_env()
-    settings = _settings(config)
+    settings = None
+    try:
+        settings = _settings(config)
+        check_home(settings)
+        check_source(settings, None, None, None)
+    except UserError as exc:
+        write_not_started(None, settings, str(exc), "main")
+        raise
     from flows.daily_briefs import daily_briefs
     from flows.weekly_training import weekly_training
 
@@ -240,13 +522,30 @@ def ota_verify(
 
 @app.command()
 def report(
-    summary_json: Path = typer.Option(..., "--summary-json", exists=True, dir_okay=False),
-    out: Path = typer.Option(Path("data/reports/latest"), "--out"),
+    summary_json: Path = typer.Option(..., "--summary-json", help="a run summary JSON"),
+    out: Path | None = typer.Option(
+        None, "--out", help="default: <paths.reports_dir>/latest under VELOREADY_HOME"),
+    config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
 ) -> None:
     """Write the evaluation report (Markdown + HTML + plots) for a run summary."""
+    if not summary_json.is_file():
+        raise UserError(f"--summary-json {summary_json}: no such file")
+    try:
+        summary = json.loads(summary_json.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"--summary-json {summary_json} is not JSON ({_one_line(exc)})") \
+            from exc
+    if not isinstance(summary, dict) or "rows" not in summary:
+        why = (f"the run did not start: {summary.get('reason')}"
+               if isinstance(summary, dict) and summary.get("status") == "not_started"
+               else "no 'rows'")
+        raise UserError(f"--summary-json {summary_json} is not a run summary ({why})")
+    if out is None:
+        settings = _settings(config)
+        out = settings.resolve(settings.paths.reports_dir) / "latest"
     from veloready_pipeline.report import build_report
 
-    paths = build_report(json.loads(summary_json.read_text()), out)
+    paths = build_report(summary, out)
     for kind, path in paths.items():
         typer.echo(f"{kind:9s} {path}")
 
@@ -270,3 +569,6 @@ def _register_optional_commands() -> None:
 
 
 _register_optional_commands()
+
+if __name__ == "__main__":
+    app()

@@ -28,15 +28,10 @@ registry_app = typer.Typer(no_args_is_help=True,
 
 
 def _settings(config: Path | None) -> Any:
-    from pydantic import ValidationError
-
     from veloready_pipeline.config import load_settings
 
-    try:
-        return load_settings(config)
-    except ValidationError as exc:
-        typer.secho(f"invalid configuration:\n{exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
+    # A settings mistake raises ConfigError: `veloready` prints its one line, exit code 2.
+    return load_settings(config)
 
 
 def _csv(value: str | None) -> list[str]:
@@ -98,10 +93,10 @@ def review_command(
     config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
 ) -> None:
     """List challengers pending review; approve or reject them and resume a paused run."""
+    _quiet()
+    settings = _settings(config)  # before the registry's imports: a mistake fails fast
     from veloready_pipeline import review
 
-    _quiet()
-    settings = _settings(config)
     families = [family] if family else None
     pending = review.pending_challengers(settings, families=families)
     _print_pending(pending)
@@ -223,10 +218,10 @@ def rollback_command(
     config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
 ) -> None:
     """Move an athlete's champion back and republish the signed manifest."""
+    _quiet()
+    settings = _settings(config)  # before the registry's imports: a mistake fails fast
     from veloready_pipeline.rollout import RolloutError, rollback_champion
 
-    _quiet()
-    settings = _settings(config)
     try:
         out = rollback_champion(settings, athlete, family, reason=reason, actor=_who(by),
                                 to_version=to)
@@ -281,8 +276,18 @@ def monitor_command(
     config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
 ) -> None:
     """Store today's champion predictions, score live metrics, flag drift (one run)."""
+    import datetime as dt
+
     _quiet()
     settings = _settings(config)
+    if as_of is not None:
+        try:
+            as_of = dt.date.fromisoformat(as_of).isoformat()
+        except ValueError as exc:
+            raise typer.BadParameter(f"{as_of!r} is not a calendar date YYYY-MM-DD ({exc})",
+                                     param_hint="--as-of") from exc
+    if data is not None and "://" not in data and not Path(data).exists():
+        raise typer.BadParameter(f"{data}: no such file or folder", param_hint="--data")
     from flows.monitoring import daily_monitoring
 
     out = daily_monitoring(settings=settings, data=data, as_of=as_of,
