@@ -137,3 +137,43 @@ def test_intervals_export_folder_with_activities() -> None:
             in result.notes["i2001"]
     outcome = validate_frame(result.frame, result.issues)
     assert not outcome.quarantined
+
+
+def _train(tmp_path: Path, *args: str) -> dict:  # type: ignore[type-arg]
+    import json
+
+    from typer.testing import CliRunner
+
+    from veloready_pipeline.cli import app
+
+    summary = tmp_path / "summary.json"
+    env = {"VELOREADY_HOME": str(tmp_path), "VELOREADY_TUNING__N_TRIALS": "3"}
+    result = CliRunner().invoke(app, ["train", *args, "--families", "recovery",
+                                      "--summary-json", str(summary)], env=env,
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(summary.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args,source,athletes",
+    [
+        (["--data", str(FIXTURES / "whoop"), "--mapping", str(FIXTURES / "whoop" / "mapping.yaml")],
+         "generic_csv", {"alex", "bea"}),
+        (["--data", str(FIXTURES / "intervals_export" / "i2001")], "intervals", {"i2001"}),
+    ],
+    ids=["whoop", "intervals_export"],
+)
+def test_real_shaped_exports_train(prefect_api, tmp_path: Path, args: list[str], source: str,
+                                   athletes: set[str]) -> None:
+    """Each person of the export gets a trained recovery model (none withheld)."""
+    summary = _train(tmp_path, *args)
+    assert summary["source"] == source and not summary["quarantined"]
+    rows = {r["athlete_id"]: r for r in summary["rows"] if r["family"] == "recovery"}
+    assert set(rows) == athletes
+    for aid, rec in rows.items():
+        assert rec["status"] in ("registered", "gate_failed"), (aid, rec["reason"])
+        assert rec["metrics"]["rmse"] > 0
+        if source == "generic_csv":  # Whoop Day Strain: the load features use load_au
+            assert any("training load from load_au" in n for n in rec["notes"]), rec["notes"]
