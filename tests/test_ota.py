@@ -473,3 +473,12 @@ def test_an_id_that_is_not_a_plain_name_keeps_its_identity(tmp_path, models) -> 
     with pytest.raises(OTAVerificationError, match="names athlete 'zoe a' but sits in the "
                        "folder of athlete 'zoe-a--"):
         verify_manifest(path, load_public_key(key))
+
+
+def test_an_unwritable_state_is_a_usage_error(two_athletes, tmp_path):
+    root, key = two_athletes
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the state folder should be")
+    res = _verify(root, "--state", str(blocker / "state.json"), key=key)
+    assert res.exit_code == 2, res.output
+    assert "not_a_dir/state.json" in res.output and "Traceback" not in res.output

@@ -495,6 +495,8 @@ def ota_verify(
         tree = verify_tree(path, trusted, state_path=state, record=record)
     except OTAStateError as exc:
         raise refuse(str(exc)) from exc
+    except OSError as exc:  # e.g. the state file's folder is not writable
+        raise refuse(f"{exc.filename or state}: {exc.strerror or exc}") from exc
     except OTAVerificationError as exc:
         typer.secho(f"OTA verification FAILED: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc
