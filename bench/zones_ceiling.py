@@ -39,50 +39,68 @@ import numpy as np
 import pandas as pd
 
 from veloready_pipeline.config import load_settings
-from veloready_pipeline.features_nets import NetDataset, make_zone_dataset, zone_feature_frame
+from veloready_pipeline.features_nets import (
+    NetDataset,
+    estimate_ftp_test_noise_pct,
+    make_zone_dataset,
+    zone_feature_frame,
+)
 from veloready_pipeline.gates import GateVerdict, regression_metrics
 from veloready_pipeline.models.nets import zone_verdict
 from veloready_pipeline.simulate import simulate_athletes
 
 
 def failure_kind(verdict: GateVerdict) -> str:
-    """``passed``, ``threshold`` (RMSE/MAE limit only), ``baseline`` (only the
-    last-test comparison) or ``both``."""
+    """``passed``, ``threshold`` (RMSE/MAE limit only), ``baseline`` (only a last-test
+    check: per-rider non-inferiority or the batch's pooled superiority) or ``both``."""
     if verdict.passed:
         return "passed"
-    names = {c.name.startswith("beats") for c in verdict.failures}
+    names = {c.name not in ("rmse", "mae") for c in verdict.failures}
     return "both" if names == {True, False} else "baseline" if True in names else "threshold"
 
 
-def verdict_of(ds: NetDataset, pred: np.ndarray, thresholds: Any) -> GateVerdict:
-    """The zone gate on FTP predictions ``pred`` for the scored tests, with the
-    last-test baseline on the same rows (as `models.zones.evaluate_zone_model`)."""
-    te = ds.test_idx
-    y = ds.y[te, 0].astype(float)
-    b = regression_metrics(y, ds.baseline[te].astype(float))
-    return zone_verdict(regression_metrics(y, pred),
-                        {"last_test_rmse": b["rmse"], "last_test_mae": b["mae"]}, thresholds)
+class Reference:
+    """One reference's FTP predictions on every scored rider of a seed, judged by the
+    pipeline's zone gate once all are in (the pooled superiority check needs the
+    whole batch)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def add(self, ds: NetDataset, pred: np.ndarray) -> None:
+        te = ds.test_idx
+        self.rows[ds.athlete_id] = (ds.y[te, 0].astype(float), np.asarray(pred, float),
+                                    ds.baseline[te].astype(float))
+
+    def pooled(self, noise_pct: float) -> dict[str, float]:
+        y, p, b = (np.concatenate([r[k] for r in self.rows.values()]) for k in range(3))
+        return {"pooled_mae": float(np.mean(np.abs(p - y))),
+                "pooled_last_test_mae": float(np.mean(np.abs(b - y))),
+                "ftp_test_noise_pct": noise_pct}
+
+    def verdicts(self, noise_pct: float, thresholds: Any) -> Counter[str]:
+        pooled = self.pooled(noise_pct)
+        out: Counter[str] = Counter()
+        for y, p, b in self.rows.values():
+            base = regression_metrics(y, b)
+            out[failure_kind(zone_verdict(
+                regression_metrics(y, p),
+                {"last_test_rmse": base["rmse"], "last_test_mae": base["mae"],
+                 "last_test_ftp_w": float(b.mean())}, pooled, thresholds))] += 1
+        return out
 
 
-def oracle_verdict(ds: NetDataset, latent_ftp: dict[Any, float], thresholds: Any
-                   ) -> tuple[GateVerdict, float, np.ndarray]:
-    """The gate verdict of predicting the latent FTP on every scored test day, the
-    last test's smallest error and the oracle's errors (W)."""
-    te = ds.test_idx
-    y = ds.y[te, 0].astype(float)
-    pred = np.array([latent_ftp[d] for d in ds.dates[te]], dtype=float)
-    last_err = float(np.abs(y - ds.baseline[te].astype(float)).min())
-    return verdict_of(ds, pred, thresholds), last_err, pred - y
+def oracle_pred(ds: NetDataset, latent_ftp: dict[Any, float]) -> np.ndarray:
+    """The latent FTP on every scored test day."""
+    return np.array([latent_ftp[d] for d in ds.dates[ds.test_idx]], dtype=float)
 
 
-def ctl_rule_verdict(ds: NetDataset, rows: pd.DataFrame, gain: float, thresholds: Any
-                     ) -> GateVerdict:
-    """The gate verdict of the CTL rule (module docstring) on the scored tests."""
+def ctl_rule_pred(ds: NetDataset, rows: pd.DataFrame, gain: float) -> np.ndarray:
+    """The CTL rule (module docstring) on the scored tests."""
     feats = zone_feature_frame(rows).loc[[pd.Timestamp(d) for d in ds.dates[ds.test_idx]]]
     change = feats["adapted_ctl_change_since_test"].to_numpy()
     at_test = feats["adapted_ctl"].to_numpy() - change  # smoothed CTL on the last test day
-    pred = feats["last_test_ftp_w"].to_numpy() * (1 + gain * change / at_test)
-    return verdict_of(ds, pred, thresholds)
+    return feats["last_test_ftp_w"].to_numpy() * (1 + gain * change / at_test)
 
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -96,8 +114,11 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         datasets[str(aid)] = make_zone_dataset(rows)
         frames[str(aid)] = rows
     scored = {a: ds for a, ds in datasets.items() if not ds.skip_reason}
-    oracle: Counter[str] = Counter()
-    rule: Counter[str] = Counter()
+    if thresholds.ftp_test_noise_pct is None:
+        noise_pct, triples = estimate_ftp_test_noise_pct(datasets.values())
+    else:
+        noise_pct, triples = thresholds.ftp_test_noise_pct, 0
+    refs = {"oracle": Reference(), "rule": Reference(), "last": Reference()}
     n_tests: list[int] = []
     close_last = 0
     errors: list[np.ndarray] = []
@@ -105,12 +126,14 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         lat = latent[aid]
         days = lat["date"].to_numpy().astype("datetime64[D]")
         by_day = dict(zip(days, lat["ftp_w"].to_numpy(), strict=True))
-        verdict, last_err, err = oracle_verdict(ds, by_day, thresholds)
-        errors.append(err)
-        oracle[failure_kind(verdict)] += 1
-        rule[failure_kind(ctl_rule_verdict(ds, frames[aid], args.ctl_gain, thresholds))] += 1
-        n_tests.append(len(ds.test_idx))
-        close_last += last_err <= 2.0
+        pred = oracle_pred(ds, by_day)
+        refs["oracle"].add(ds, pred)
+        refs["rule"].add(ds, ctl_rule_pred(ds, frames[aid], args.ctl_gain))
+        refs["last"].add(ds, ds.baseline[ds.test_idx])
+        te = ds.test_idx
+        errors.append(pred - ds.y[te, 0])
+        n_tests.append(len(te))
+        close_last += float(np.abs(ds.y[te, 0] - ds.baseline[te]).min()) <= 2.0
     out: dict[str, Any] = {
         "seed": seed,
         "riders": len(datasets),
@@ -118,10 +141,10 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "skipped": len(datasets) - len(scored),
         "tests_per_rider": Counter(n_tests),
         "last_test_within_2w": close_last,
-        "oracle": oracle,
-        "rule": rule,
         "oracle_rmse": float(np.sqrt(np.mean(np.concatenate(errors) ** 2))),
         "test_noise_rmse": sim.noise_floor["ftp_rmse_w"],
+        "noise_pct": noise_pct,
+        "noise_triples": triples,
     }
     if args.train:
         from veloready_pipeline.models.zones import train_zone_models
@@ -129,11 +152,12 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         results = train_zone_models(datasets, settings)
         out["train_seconds"] = time.perf_counter() - t0
-        model: Counter[str] = Counter()
-        for aid in scored:
-            r = results[aid]
-            model[failure_kind(zone_verdict(r.metrics, r.baselines, thresholds))] += 1
-        out["model"] = model
+        refs["model"] = Reference()
+        for aid, ds in scored.items():
+            refs["model"].add(ds, results[aid].test_pred[:, 0])
+    out["verdicts"] = {k: ref.verdicts(noise_pct, thresholds) for k, ref in refs.items()}
+    out["pooled"] = {k: ref.pooled(noise_pct)["pooled_mae"] for k, ref in refs.items()}
+    out["refs"] = refs
     return out
 
 
@@ -142,6 +166,10 @@ def share(c: Counter[str], n: int, riders: int) -> str:
             f"({c['passed'] / max(riders, 1):.0%} of all {riders}); failed on threshold "
             f"only {c['threshold']}, on the last-test baseline only {c['baseline']}, on both "
             f"{c['both']}")
+
+
+LABELS = {"oracle": "oracle (latent FTP)", "rule": "CTL rule", "last": "last test itself",
+          "model": "zone nets"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,35 +184,49 @@ def main(argv: list[str] | None = None) -> int:
                         help="also train the pipeline's zone nets and gate them")
     args = parser.parse_args(argv)
     print(f"{args.athletes} realistic riders x {args.days} days per seed; gate = the "
-          "configured zone gate; oracle = the simulator's latent FTP on each scored test day")
-    total: Counter[str] = Counter()
-    total_rule: Counter[str] = Counter()
-    total_model: Counter[str] = Counter()
+          "configured zone gate (absolute limits, per-rider non-inferiority to the last test "
+          "within the data-estimated test noise, pooled MAE beating the last test's over the "
+          "seed's scored riders); oracle = the simulator's latent FTP on each scored test day")
+    totals: dict[str, Counter[str]] = {}
+    pooled_all: dict[str, Reference] = {}
     n_total = riders_total = 0
+    table: list[str] = []
     for seed in (int(s) for s in args.seeds.split(",")):
         r = run_seed(seed, args)
         n = r["scored"]
         n_total += n
         riders_total += r["riders"]
-        total += r["oracle"]
-        total_rule += r["rule"]
         tests = ", ".join(f"{k} test(s): {v}" for k, v in sorted(r["tests_per_rider"].items()))
         print(f"\n[seed {seed}] {r['riders']} riders, {n} scored ({r['skipped']} skipped: too "
               f"few FTP tests); scored tests per rider: {tests}; last test within 2 W of a "
               f"scored test: {r['last_test_within_2w']}")
-        print(f"  oracle (latent FTP): {share(r['oracle'], n, r['riders'])}; its RMSE on the "
-              f"scored tests {r['oracle_rmse']:.2f} W (simulator's FTP test noise, all "
-              f"tests: {r['test_noise_rmse']:.2f} W)")
-        print(f"  CTL rule (g={args.ctl_gain:g}) : {share(r['rule'], n, r['riders'])}")
-        if "model" in r:
-            total_model += r["model"]
-            print(f"  zone nets          : {share(r['model'], n, r['riders'])} "
-                  f"(trained in {r['train_seconds']:.1f} s)")
-    print(f"\n[all seeds] oracle: {share(total, n_total, riders_total)}")
-    print(f"[all seeds] CTL rule (g={args.ctl_gain:g}): "
-          f"{share(total_rule, n_total, riders_total)}")
-    if args.train:
-        print(f"[all seeds] zone nets: {share(total_model, n_total, riders_total)}")
+        print(f"  FTP-test noise for the margin: {r['noise_pct']:.2f} % of FTP (from "
+              f"{r['noise_triples']} training-part test triples); oracle RMSE on the scored "
+              f"tests {r['oracle_rmse']:.2f} W (simulator's FTP test noise, all tests: "
+              f"{r['test_noise_rmse']:.2f} W)")
+        for key, verdicts in r["verdicts"].items():
+            totals.setdefault(key, Counter()).update(verdicts)
+            pooled_all.setdefault(key, Reference()).rows.update(
+                {f"{seed}:{a}": v for a, v in r["refs"][key].rows.items()})
+            label = LABELS[key] + (f" (g={args.ctl_gain:g})" if key == "rule" else "")
+            extra = f" (trained in {r['train_seconds']:.1f} s)" if key == "model" else ""
+            print(f"  {label:<22}: {share(verdicts, n, r['riders'])}; pooled MAE "
+                  f"{r['pooled'][key]:.2f} W{extra}")
+        cells = " | ".join(f"{r['verdicts'][k]['passed']} ({r['pooled'][k]:.2f} W)"
+                           for k in r["verdicts"])
+        table.append(f"| {seed} | {n} | {r['noise_pct']:.2f} % | {cells} |")
+    print()
+    for key, c in totals.items():
+        mae = pooled_all[key].pooled(float("nan"))["pooled_mae"]
+        print(f"[all seeds] {LABELS[key]}: {share(c, n_total, riders_total)}; pooled MAE "
+              f"{mae:.2f} W")
+    if "model" in totals:
+        ratio = totals["model"]["passed"] / max(totals["oracle"]["passed"], 1)
+        print(f"[all seeds] zone nets pass {ratio:.0%} of the oracle's passes")
+    print("\n| seed | scored | noise | " + " | ".join(f"{LABELS[k]} passes (pooled MAE)"
+                                                  for k in totals) + " |")
+    print("|---" * (3 + len(totals)) + "|")
+    print("\n".join(table))
     return 0
 
 

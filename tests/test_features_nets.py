@@ -14,12 +14,15 @@ from veloready_pipeline.features_nets import (
     INJURY_HORIZON,
     LABEL_NAMES_ZONES,
     MIN_FTP_TESTS,
+    MIN_NOISE_TRIPLES,
     WARNING_SIGNS,
     build_injury_dataset,
     build_zone_dataset,
+    estimate_ftp_test_noise_pct,
     make_injury_dataset,
     make_zone_dataset,
     split_at_tests,
+    training_tests,
     warning_sign_score,
     warning_signs,
 )
@@ -332,3 +335,44 @@ def test_missing_inputs_never_raise_a_sign() -> None:
     signs = warning_signs(frame)
     assert signs[["hrv_falling_gt_10pct_7d", "rhr_rising_gt_5pct_7d",
                   "sleep_below_70_over_3_days"]].sum().sum() == 0
+
+
+def _linear_ftp_rider(seed: int, noise_pct: float, days: int = 240) -> pd.DataFrame:
+    """A rider whose true FTP is a straight line; tests every 12 days with known noise."""
+    frame = net_athlete(f"r{seed}", days=days, seed=seed, test_every=12)
+    rng = np.random.default_rng(100 + seed)
+    t = np.arange(days)
+    true = 240.0 + 0.08 * t
+    tested = frame["ftp_test_w"].notna().to_numpy()
+    noisy = true * (1 + noise_pct / 100 * rng.standard_normal(days))
+    frame["ftp_test_w"] = np.where(tested, noisy, np.nan)
+    return frame
+
+
+def test_ftp_test_noise_is_estimated_from_training_tests_only() -> None:
+    riders = [make_zone_dataset(_linear_ftp_rider(s, 2.0)) for s in range(30)]
+    noise, triples = estimate_ftp_test_noise_pct(riders)
+    assert triples >= 300
+    assert 1.5 < noise < 2.5  # the 2 % SD the tests were drawn with
+    quiet = [make_zone_dataset(_linear_ftp_rider(s, 0.5)) for s in range(30)]
+    assert estimate_ftp_test_noise_pct(quiet)[0] < 0.8
+    # Validation and test measurements play no part: wreck them, same estimate.
+    wrecked = []
+    for s in range(30):
+        frame = _linear_ftp_rider(s, 2.0)
+        ds = make_zone_dataset(frame)
+        late = frame["date"] > pd.Timestamp(ds.dates[ds.train_idx[-1]])
+        frame.loc[late & frame["ftp_test_w"].notna(), "ftp_test_w"] *= 1.3
+        wrecked.append(make_zone_dataset(frame))
+    assert estimate_ftp_test_noise_pct(wrecked) == (noise, triples)
+    # The first test (no row of its own) counts: it is the first training test.
+    dates, watts = training_tests(riders[0])
+    first = _linear_ftp_rider(0, 2.0).dropna(subset=["ftp_test_w"]).iloc[0]
+    assert dates[0] == np.datetime64(first["date"].date())
+    assert watts[0] == pytest.approx(first["ftp_test_w"], rel=1e-6)
+
+
+def test_ftp_test_noise_needs_enough_triples() -> None:
+    short = [make_zone_dataset(_linear_ftp_rider(s, 2.0, days=75)) for s in range(2)]
+    noise, triples = estimate_ftp_test_noise_pct(short)
+    assert triples < MIN_NOISE_TRIPLES and np.isnan(noise)

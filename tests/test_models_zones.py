@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from veloready_pipeline.config import load_settings
+from veloready_pipeline.config import GateThresholds, load_settings
 from veloready_pipeline.features_nets import (
     FEATURE_NAMES_ZONES,
     LABEL_NAMES_ZONES,
@@ -29,6 +29,7 @@ from veloready_pipeline.models.zones import (
     ZONE_FAMILY,
     ZoneMLP,
     evaluate_zone_model,
+    pooled_zone_metrics,
     predict_zones,
     train_zone_models,
 )
@@ -204,7 +205,7 @@ def test_train_zone_models_end_to_end(zone_datasets: dict) -> None:
         assert isinstance(r.model, ZoneMLP)
         assert r.n_test == len(ds.test_idx) and r.test_pred.shape == (r.n_test, 4)
         assert {"rmse", "mae", "r2", "n_measured", "val_loss"} <= set(r.metrics)
-        assert {"last_test_rmse", "last_test_mae"} == set(r.baselines)
+        assert {"last_test_rmse", "last_test_mae", "last_test_ftp_w"} == set(r.baselines)
         assert r.feature_names == FEATURE_NAMES_ZONES
         assert r.params["n_trials"] == 3 and "hidden" in r.params
         # The stored predictions are the exported module's own predictions.
@@ -319,3 +320,88 @@ def test_quantized_zone_packages_are_at_most_half_the_float_one(tmp_path) -> Non
     full = arts["float32"].size_bytes
     for variant in ("linear8", "palette4"):
         assert arts[variant].size_bytes <= 0.5 * full, (variant, arts[variant].size_bytes, full)
+
+
+# ------------------------------------------------------------------ the zone gate
+
+ZGATE = GateThresholds(rmse_max=8.0, mae_max=6.0)
+POOLED_OK = {"pooled_mae": 4.0, "pooled_last_test_mae": 5.0, "ftp_test_noise_pct": 1.2}
+
+
+def _zone_verdict(mae: float, base_mae: float, pooled: dict | None = None,
+                  thresholds: GateThresholds = ZGATE):
+    from veloready_pipeline.models.nets import zone_verdict
+
+    return zone_verdict({"rmse": mae, "mae": mae},
+                        {"last_test_rmse": base_mae, "last_test_mae": base_mae,
+                         "last_test_ftp_w": 250.0}, pooled or POOLED_OK, thresholds)
+
+
+def test_zone_gate_is_non_inferiority_within_one_test_noise() -> None:
+    # Noise 1.2 % of a 250 W last test = 3 W: 4.9 W against a 2 W baseline is inside.
+    v = _zone_verdict(4.9, 2.0)
+    assert v.passed, v.reason()
+    assert "test noise 3.000 W (non-inferiority)" in v.reason()
+    # 5.1 W is 0.1 W beyond baseline + noise: fails, naming the check and the margin.
+    v = _zone_verdict(5.1, 2.0)
+    assert not v.passed
+    assert [c.name.split()[0] for c in v.failures] == ["rmse", "mae"]
+    assert all(c.margin == pytest.approx(-0.1) for c in v.failures)
+    assert "misses by 0.100" in v.reason()
+    # The absolute thresholds still hold on their own.
+    v = _zone_verdict(6.5, 6.0)
+    assert [c.name for c in v.failures] == ["mae"]
+
+
+def test_zone_gate_pooled_superiority_fails_every_rider_of_the_batch() -> None:
+    losing = POOLED_OK | {"pooled_mae": 5.2}
+    v = _zone_verdict(1.0, 3.0, losing)  # a rider who individually beats the last test
+    assert not v.passed
+    assert [c.name for c in v.failures] == ["beats pooled last_test_mae (batch)"]
+    assert "model 5.200 does not beat baseline 5.000 (by 0.200)" in v.reason()
+
+
+def test_zone_gate_without_evidence_fails_and_setting_can_drop_baselines() -> None:
+    v = _zone_verdict(1.0, 3.0, POOLED_OK | {"ftp_test_noise_pct": float("nan")})
+    assert not v.passed and len(v.failures) == 2  # no noise estimate: no margin, no pass
+    assert "test noise unknown" in v.reason()
+    off = GateThresholds(rmse_max=8.0, mae_max=6.0, must_beat_baselines=False)
+    assert [c.name for c in _zone_verdict(5.5, 1.0, thresholds=off).checks] == ["rmse", "mae"]
+
+
+def test_pooled_zone_metrics_pool_scored_tests_and_honour_the_setting(zone_datasets) -> None:
+    from veloready_pipeline.models.batched import FamilyResult
+
+    a = FamilyResult("a", "zones", "trained", test_y=np.array([[200.0] * 4, [210.0] * 4]),
+                     test_pred=np.array([[202.0] * 4, [209.0] * 4]),
+                     test_baseline=np.array([195.0, 200.0]))
+    b = FamilyResult("b", "zones", "trained", test_y=np.array([[300.0] * 4]),
+                     test_pred=np.array([[306.0] * 4]), test_baseline=np.array([301.0]))
+    skipped = FamilyResult("c", "zones", "skipped")
+    p = pooled_zone_metrics([a, b, skipped], [], noise_pct=1.5)
+    assert p["pooled_n_tests"] == 3
+    assert p["pooled_mae"] == pytest.approx((2 + 1 + 6) / 3)
+    assert p["pooled_last_test_mae"] == pytest.approx((5 + 10 + 1) / 3)
+    assert p["ftp_test_noise_pct"] == 1.5
+    est = pooled_zone_metrics([a], zone_datasets.values())
+    assert np.isfinite(est["ftp_test_noise_pct"]) and est["ftp_test_noise_triples"] >= 8
+
+
+def test_net_chunk_gates_zones_with_the_batch_pooled_checks() -> None:
+    from veloready_pipeline.models.nets import _verdict_for, train_net_chunk
+
+    sim = simulate_athletes(8, 200, seed=3)
+    ids = sorted(sim.frame["athlete_id"].unique())
+    settings = _settings(n_trials=1)
+    results = train_net_chunk("zones", sim.frame, ids, settings)
+    trained = [r for r in results if r.status == "trained"]
+    assert trained
+    maes = [r.metrics["pooled_mae"] for r in trained]
+    assert len(set(maes)) == 1 and np.isfinite(maes[0])
+    for r in trained:
+        names = [c.name for c in r.verdict.checks]
+        assert names[:2] == ["rmse", "mae"] and names[-1] == "beats pooled last_test_mae (batch)"
+        assert any("non-inferiority" in n for n in names)
+        assert r.metrics["ftp_test_noise_pct"] > 0
+        # The export path re-judges with the stored pooled figures: same verdict.
+        assert _verdict_for(r, r.metrics, settings).reason() == r.verdict.reason()

@@ -255,6 +255,12 @@ class GateThresholds(_Section):
         "an AUROC to count as evidence; fewer fails the ranking check",
     )
     must_beat_baselines: bool = True
+    ftp_test_noise_pct: float | None = Field(
+        default=None, gt=0, le=20,
+        description="zones: an FTP test's measurement noise (SD, % of FTP), the margin of "
+        "the per-rider non-inferiority check against the last test; unset = estimated "
+        "from the batch's training-part tests (features_nets.estimate_ftp_test_noise_pct)",
+    )
 
 
 def _default_gates() -> dict[str, GateThresholds]:

@@ -144,3 +144,44 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
         "mae": float(np.mean(np.abs(err))),
         "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
     }
+
+
+def zone_gate(metrics: dict[str, float], baselines: dict[str, float],
+              pooled: dict[str, float], thresholds: GateThresholds) -> GateVerdict:
+    """One rider's zone model: every check below must pass (NaN never passes).
+
+    1. Absolute accuracy on the rider's scored (measured) FTP tests: ``rmse`` and
+       ``mae`` below the configured limits (watts).
+    2. Non-inferiority to "FTP stays at the last test" (``must_beat_baselines``): the
+       model's RMSE and MAE on the same tests may exceed the baseline's by at most one
+       FTP-test measurement noise, in watts = ``pooled["ftp_test_noise_pct"]`` % of
+       the rider's last-test FTP (``baselines["last_test_ftp_w"]``). One or two tests
+       cannot show that a model beats the last test (both sit within a test's noise of
+       the truth); they can show it is not worse than the test can tell.
+    3. Superiority where the evidence is (``must_beat_baselines``): the model's MAE
+       pooled over every scored test of the batch beats the last-test baseline's
+       pooled MAE on the same tests (``pooled_mae`` < ``pooled_last_test_mae``).
+       Failing it fails every rider of the batch: no zone model of that batch ships.
+    """
+    verdict = evaluate_gate("zones", metrics, {}, thresholds)
+    if not thresholds.must_beat_baselines:
+        return verdict
+    add = verdict.checks.append
+    pct = float(pooled.get("ftp_test_noise_pct", np.nan))
+    level = float(baselines.get("last_test_ftp_w", np.nan))
+    noise_w = pct / 100.0 * level if _finite(pct) and _finite(level) else float("nan")
+    for metric in ("rmse", "mae"):
+        value = float(metrics.get(metric, np.nan))
+        base = float(baselines.get(f"last_test_{metric}", np.nan))
+        limit = base + noise_w
+        noise = (f"test noise {noise_w:.3f} W" if _finite(noise_w) else
+                 "test noise unknown (too few training-part FTP tests to estimate it; "
+                 "set gates.zones.ftp_test_noise_pct)")
+        name = f"{metric} vs last_test_{metric} {base:.3f} + {noise} (non-inferiority)"
+        ok = _finite(value) and _finite(limit) and value <= limit
+        add(Check(name, value, limit, "<=", ok))
+    pm = float(pooled.get("pooled_mae", np.nan))
+    pb = float(pooled.get("pooled_last_test_mae", np.nan))
+    add(Check("beats pooled last_test_mae (batch)", pm, pb, "beats",
+              _finite(pm) and _finite(pb) and pm < pb))
+    return verdict

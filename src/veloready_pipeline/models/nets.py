@@ -24,7 +24,12 @@ import numpy as np
 import pandas as pd
 
 from veloready_pipeline.config import GateThresholds, Settings
-from veloready_pipeline.gates import Check, GateVerdict, evaluate_gate, regression_metrics
+from veloready_pipeline.gates import (
+    Check,
+    GateVerdict,
+    regression_metrics,
+    zone_gate,
+)
 from veloready_pipeline.results import ModelResult
 
 ZONE_OUTPUT = "zones_w"
@@ -63,10 +68,16 @@ def _to_result(fr: Any) -> ModelResult:
     )
 
 
+ZONE_POOLED_KEYS = ("pooled_mae", "pooled_last_test_mae", "pooled_n_tests",
+                    "ftp_test_noise_pct", "ftp_test_noise_triples")
+
+
 def zone_verdict(metrics: dict[str, float], baselines: dict[str, float],
-                 thresholds: GateThresholds) -> GateVerdict:
-    """Zones: FTP error in watts, and better than "FTP stays at the last test"."""
-    return evaluate_gate("zones", metrics, baselines, thresholds)
+                 pooled: dict[str, float], thresholds: GateThresholds) -> GateVerdict:
+    """Zones: FTP error in watts, non-inferior to "FTP stays at the last test" within a
+    test's noise, and the batch's pooled MAE better than the last test's
+    (`gates.zone_gate`; ``pooled`` from `models.zones.pooled_zone_metrics`)."""
+    return zone_gate(metrics, baselines, pooled, thresholds)
 
 
 def injury_verdict(metrics: dict[str, float], baselines: dict[str, float],
@@ -128,10 +139,11 @@ def train_net_chunk(family: str, frame: pd.DataFrame, athlete_ids: list[str],
     datasets = _datasets(family, frame, athlete_ids)
     missing = [aid for aid in athlete_ids if aid not in datasets]
     if family == "zones":
-        from veloready_pipeline.models.zones import train_zone_models
+        from veloready_pipeline.models.zones import pooled_zone_metrics, train_zone_models
 
         trained = train_zone_models(datasets, settings)
-        pooled: dict[str, float] = {}
+        pooled = pooled_zone_metrics(trained.values(), datasets.values(),
+                                     settings.gates["zones"].ftp_test_noise_pct)
     else:
         from veloready_pipeline.models.injury import pooled_injury_metrics, train_injury_models
 
@@ -146,7 +158,10 @@ def train_net_chunk(family: str, frame: pd.DataFrame, athlete_ids: list[str],
         r = _to_result(trained[aid])
         if r.status == "trained":
             if family == "zones":
-                r.verdict = zone_verdict(r.metrics, r.baselines, thresholds)
+                r.verdict = zone_verdict(r.metrics, r.baselines, pooled, thresholds)
+                r.metrics |= {k: pooled[k] for k in ZONE_POOLED_KEYS
+                              if k in pooled and k != "pooled_last_test_mae"}
+                r.baselines |= {"pooled_last_test_mae": pooled["pooled_last_test_mae"]}
             else:
                 r.verdict = injury_verdict(r.metrics, r.baselines, pooled, thresholds)
                 r.metrics |= {k: v for k, v in pooled.items()
@@ -182,8 +197,10 @@ def _verdict_for(result: ModelResult, metrics: dict[str, float],
                  settings: Settings) -> GateVerdict:
     thresholds = settings.gates[result.family]
     if result.family == "zones":
+        pooled_z = {k: result.metrics.get(k, np.nan) for k in ZONE_POOLED_KEYS}
+        pooled_z["pooled_last_test_mae"] = result.baselines.get("pooled_last_test_mae", np.nan)
         return zone_verdict(metrics, {k: v for k, v in result.baselines.items()
-                                      if k.startswith("last_test")}, thresholds)
+                                      if k.startswith("last_test")}, pooled_z, thresholds)
     pooled = {"pooled_auroc": result.metrics.get("pooled_auroc", np.nan),
               "pooled_n_onsets": result.metrics.get("pooled_n_onsets", np.nan),
               "pooled_warning_score_auroc": result.baselines.get("pooled_warning_score_auroc",

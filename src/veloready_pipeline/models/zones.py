@@ -19,7 +19,7 @@ baseline "FTP stays at the last test" on the same rows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from veloready_pipeline.features_nets import (
     ZONE_ANCHOR_FEATURE,
     ZONE_POWER_FEATURES,
     NetDataset,
+    estimate_ftp_test_noise_pct,
 )
 from veloready_pipeline.gates import regression_metrics
 from veloready_pipeline.models.batched import (
@@ -149,8 +150,46 @@ def evaluate_zone_model(ds: NetDataset, model: nn.Module) -> tuple[dict[str, flo
         metrics[f"rmse_{name}"] = regression_metrics(ds.y[te, k], pred[:, k])["rmse"]
     metrics["n_measured"] = float(ds.measured[te].sum())
     b = regression_metrics(y, base)
-    baselines = {"last_test_rmse": b["rmse"], "last_test_mae": b["mae"]}
+    baselines = {"last_test_rmse": b["rmse"], "last_test_mae": b["mae"],
+                 "last_test_ftp_w": float(base.mean())}
     return metrics, baselines, pred
+
+
+def pooled_zone_metrics(results: Iterable[Any], datasets: Iterable[NetDataset],
+                        noise_pct: float | None = None) -> dict[str, float]:
+    """The batch-level inputs of the zone gate (`gates.zone_gate`).
+
+    ``pooled_mae`` / ``pooled_last_test_mae``: FTP MAE (W) of the models and of "FTP
+    stays at the last test" over every scored test of the batch's trained riders
+    (``pooled_n_tests``). ``ftp_test_noise_pct``: the configured test noise, or, when
+    unset, `features_nets.estimate_ftp_test_noise_pct` over the batch's training
+    parts (``ftp_test_noise_triples`` says how many test triples it rests on).
+
+    ``results`` carry ``status``, ``test_y``, ``test_pred`` and ``test_baseline``
+    (`FamilyResult` or `ModelResult` with ``extra["baseline_score"]``).
+    """
+    err: list[np.ndarray] = []
+    base_err: list[np.ndarray] = []
+    for r in results:
+        if r.status != "trained" or r.test_pred is None:
+            continue
+        base = r.test_baseline if hasattr(r, "test_baseline") else r.extra["baseline_score"]
+        y = np.asarray(r.test_y, dtype=float)[:, 0]
+        err.append(np.abs(np.asarray(r.test_pred, dtype=float)[:, 0] - y))
+        base_err.append(np.abs(np.asarray(base, dtype=float) - y))
+    out: dict[str, float] = {"pooled_n_tests": float(sum(len(e) for e in err))}
+    if err:
+        out["pooled_mae"] = float(np.concatenate(err).mean())
+        out["pooled_last_test_mae"] = float(np.concatenate(base_err).mean())
+    else:
+        out["pooled_mae"] = out["pooled_last_test_mae"] = float("nan")
+    if noise_pct is None:
+        noise, triples = estimate_ftp_test_noise_pct(datasets)
+        out["ftp_test_noise_pct"] = noise
+        out["ftp_test_noise_triples"] = float(triples)
+    else:
+        out["ftp_test_noise_pct"] = float(noise_pct)
+    return out
 
 
 def train_zone_models(
