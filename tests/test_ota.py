@@ -154,12 +154,15 @@ def test_manifest_signed_by_another_key_is_rejected(published) -> None:
 
 def test_rewriting_the_same_content_changes_nothing(published, models) -> None:
     root, key, manifest_path = published
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    # Every file, the lock and the publisher's issued record included.
+    trees = (root, issued_record_dir(root))
+    files = sorted(p for t in trees for p in t.rglob("*") if p.is_file())
+    assert root / "a1" / ".manifest.lock" in files
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
     again = write_manifest(root, "a1", _entries(models), key, minimum_ios="17.0",
                            extra={"run_id": "r1"})
     assert again == manifest_path
-    after = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    after = sorted(p for t in trees for p in t.rglob("*") if p.is_file())
     assert after == files
     for p in files:
         assert (p.read_bytes(), p.stat().st_mtime_ns) == before[p], p
@@ -443,15 +446,13 @@ def test_integrity_only_records_nothing_and_bad_state_is_a_usage_error(two_athle
 
 
 def test_validity_is_a_setting(monkeypatch) -> None:
-    from pydantic import ValidationError
-
     from veloready_pipeline.config import load_settings
 
     assert load_settings().export.ota_validity_days == DEFAULT_VALIDITY_DAYS
     monkeypatch.setenv("VELOREADY_EXPORT__OTA_VALIDITY_DAYS", "7")
     assert load_settings().export.ota_validity_days == 7
     monkeypatch.setenv("VELOREADY_EXPORT__OTA_VALIDITY_DAYS", "0")
-    with pytest.raises(ValidationError, match="ota_validity_days"):
+    with pytest.raises(ValueError, match="ota_validity_days"):
         load_settings()
 
 

@@ -441,7 +441,7 @@ def _publish_file(source: Path, dest: Path) -> None:
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_NAME, "w") as fh:
+    with open(folder / LOCK_NAME, "a") as fh:  # "a": taking the lock changes no mtime
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
