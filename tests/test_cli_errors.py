@@ -99,6 +99,8 @@ def _mistakes(d: Path) -> list[tuple[str, list[str], dict[str, str], str]]:
          "--as-of '2026-02-30' is not a calendar date YYYY-MM-DD"),
         ("VELOREADY_HOME is a file", ["train"], {"VELOREADY_HOME": str(d / "a_file")},
          f"VELOREADY_HOME={d / 'a_file'} is a file, not a folder"),
+        ("paths folder is a file", ["train"], {"VELOREADY_PATHS__REPORTS_DIR": str(d / "a_file")},
+         f"paths.reports_dir ({d / 'a_file'}) is a file, not a folder"),
         ("unknown option", ["train", "--bogus"], {}, "No such option: --bogus"),
         ("report summary missing", ["report", "--summary-json", str(d / "none.json")], {},
          f"--summary-json {d / 'none.json'}: no such file"),

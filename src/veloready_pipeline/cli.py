@@ -164,10 +164,10 @@ def check_home(settings: Any) -> None:
     from veloready_pipeline.config import repo_root
 
     raw = os.environ.get("VELOREADY_HOME")
-    _check_folder(repo_root(), f"VELOREADY_HOME={raw}" if raw else
-                  f"the current folder {os.getcwd()} (VELOREADY_HOME is not set)")
+    if raw:
+        _check_folder(repo_root(), f"VELOREADY_HOME={raw}")
     names = ["data_dir", "ota_dir", "reports_dir", "quarantine_dir"]
-    if not settings.tracking_uri:
+    if not (settings.tracking_uri and settings.artifact_root):
         names.append("mlflow_dir")
     for name in names:
         path = settings.resolve(getattr(settings.paths, name))
