@@ -84,7 +84,8 @@ def test_whoop_cycles_newest_first(person: str, cycles: int, days: int, open_row
                 kept["Recovery score %"])
     assert frame["load_au"].between(0, 21).all()
     assert (f"{superseded} row(s) superseded on {superseded} day(s) with several rows "
-            "(same_day keep: latest by Wake onset") in result.notes[person]
+            "(same_day keep: latest by Wake onset, each listed as a warning)"
+            ) in result.notes[person].split("; ")
     assert "training load as load_au (not TSS)" in result.notes[person]
     outcome = validate_frame(result.frame, result.issues)
     assert person not in outcome.quarantined
@@ -133,8 +134,9 @@ def test_intervals_export_folder_with_activities() -> None:
         result = _load(path)
         assert result.frame.groupby("athlete_id").size().to_dict() == {"i2001": 140}
         assert not result.issues
-        assert "activities.csv: an intervals.icu activities export beside the wellness" \
-            in result.notes["i2001"]
+        assert ("activities.csv: an intervals.icu activities export beside the wellness "
+                "file, not read (the daily load comes from the wellness ctlLoad)"
+                ) in result.notes["i2001"].split("; ")
     outcome = validate_frame(result.frame, result.issues)
     assert not outcome.quarantined
 

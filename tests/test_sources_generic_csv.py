@@ -275,8 +275,9 @@ def test_same_day_is_resolved_by_time_not_file_order(tmp_path: Path) -> None:
     [issue] = latest.issues
     assert (issue.line, severity_of(issue)) == (3, "warning")
     assert "superseded: x.csv:2" in issue.message and "07:40" in issue.message
+    # One whole note ("; " separates the notes of an athlete).
     assert ("1 row(s) superseded on 1 day(s) with several rows (same_day keep: latest by "
-            "day; each listed as a warning)") in latest.notes["a"]
+            "day, each listed as a warning)") in latest.notes["a"].split("; ")
     earliest = GenericCsvSource(mapping(same_day="earliest"), path=f).load()
     assert earliest.frame.set_index("date").loc["2024-03-02", "hrv_ms"] == 50
     assert [i.line for i in earliest.issues] == [2]

@@ -650,11 +650,11 @@ def collapse_days(
         for athlete, (days, extra) in sorted(counts.items()):
             if keep == "combine":
                 line = (f"{days} day(s) had several rows: {days + extra} rows combined into "
-                        f"{days} (same_day keep: combine; sum for loads, max for flags and "
+                        f"{days} (same_day keep: combine, sum for loads, max for flags and "
                         "power, mean otherwise)")
             else:
                 line = (f"{extra} row(s) superseded on {days} day(s) with several rows "
-                        f"(same_day keep: {keep} by {by}; each listed as a warning)")
+                        f"(same_day keep: {keep} by {by}, each listed as a warning)")
             notes.setdefault(athlete, []).append(line)
     return out, issues
 

@@ -228,7 +228,7 @@ class IntervalsSource:
         for f in activity_files:
             athlete = self.athlete_id or athlete_id_for(f)
             remarks.setdefault(athlete, []).append(
-                f"{f.name}: an intervals.icu activities export beside the wellness file; "
+                f"{f.name}: an intervals.icu activities export beside the wellness file, "
                 "not read (the daily load comes from the wellness ctlLoad)"
             )
         owners: dict[str, Path] = {}
@@ -370,7 +370,7 @@ def _read_export(
                          f"<= 10, largest {max(seen):g}): multiplied by 10 into {canon}")
     if superseded:
         notes.append(f"{superseded} row(s) superseded by another row of the same date (the "
-                     "one updated last is kept; each listed as a warning)")
+                     "one updated last is kept, each listed as a warning)")
     if eftp_cols:
         n_eftp = sum(1 for rec in by_day.values() if "eftp_w" in rec)
         notes.append(f"estimated FTP (eftp_w) from {' then '.join(eftp_cols)} on "

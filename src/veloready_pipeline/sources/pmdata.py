@@ -343,7 +343,7 @@ def _read_wellness(p: Participant, path: Path, tz: str) -> None:
         kept[day] = (line, answers)
     if superseded:
         p.notes.append(f"{superseded} wellness report(s) superseded by a later report of the "
-                       "same day (by report time; each listed as a warning)")
+                       "same day (by report time, each listed as a warning)")
     for day, (_, a) in kept.items():
         values = {
             "recovery_score": a["readiness"] * 10.0,
