@@ -38,7 +38,7 @@ from veloready_pipeline.monitoring import drift_markdown
 def _load_frame(settings: Settings, data: str | None, as_of: str | None,
                 athlete_ids: list[str] | None) -> Any:
     ingested = ingest_data(settings, data, None)
-    outcome = validate_data(ingested, settings)
+    outcome = validate_data(ingested, settings, as_of)
     return pipeline.select_athletes(pipeline.cut_as_of(outcome.clean, as_of), athlete_ids)
 
 

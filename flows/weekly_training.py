@@ -45,6 +45,7 @@ from tasks.training import (
 from veloready_pipeline import pipeline
 from veloready_pipeline.config import Family, Settings, load_settings
 from veloready_pipeline.results import ModelResult
+from veloready_pipeline.validation import data_notes_markdown
 
 
 @dataclass
@@ -139,6 +140,7 @@ def weekly_training(
     families: list[Family] | None = None,
     summary_json: str | None = None,
     progress: bool = True,
+    since: str | None = None,
 ) -> dict[str, Any]:
     """Train, gate, register and ship every athlete's models.
 
@@ -151,6 +153,8 @@ def weekly_training(
         families: restrict the run to these families.
         summary_json: where to write the run summary (default under reports_dir).
         progress: show a progress bar of athlete models done.
+        since: train only on rows from this date (YYYY-MM-DD); the window is also at
+            most ``max_history_days`` long.
     """
     logger = get_run_logger()
     settings = settings or load_settings()
@@ -158,7 +162,7 @@ def weekly_training(
     started = dt.datetime.now(dt.UTC)
 
     ingested = ingest_data(settings, data, source)
-    outcome = validate_data(ingested, settings)
+    outcome = validate_data(ingested, settings, as_of, since)
     frame = pipeline.select_athletes(pipeline.cut_as_of(outcome.clean, as_of), athlete_ids)
     quarantined = {aid: _first_failure(rep)
                    for aid, rep in outcome.quarantined.items()
@@ -188,6 +192,13 @@ def weekly_training(
 
     by_key = {(o.athlete_id, o.family): o for o in outcomes}
     rows = pipeline.summary_rows(results, by_key, exports, quarantined, fams)
+    rows += [{"athlete_id": aid, "family": fam, "status": "skipped", "reason": reason,
+              "metrics": {}, "registry_version": None, "artifacts": {}}
+             for aid, reason in sorted(outcome.skipped.items())
+             if not athlete_ids or aid in athlete_ids for fam in fams]
+    data_notes = {a: n for a, n in outcome.data_notes.items()
+                  if not athlete_ids or a in athlete_ids}
+    pipeline.annotate_rows(rows, data_notes)
     for row in rows:
         if row["athlete_id"] in manifests:
             row["artifacts"]["ota_manifest"] = manifests[row["athlete_id"]]
@@ -203,6 +214,9 @@ def weekly_training(
         "counts": counts,
         "quarantined": quarantined,
         "quarantine_dir": str(settings.resolve(settings.paths.quarantine_dir)),
+        "training_window": outcome.window,
+        "data_note_counts": outcome.note_counts(),
+        "data_notes": data_notes,
         "mlflow_tracking_uri": settings.mlflow_tracking_uri(),
         "ota_dir": str(settings.resolve(settings.paths.ota_dir)),
         "rows": rows,
@@ -221,6 +235,10 @@ def weekly_training(
         + "\n".join(f"- **{f}**: {c}" for f, c in counts.items())
         + "\n\n" + pipeline.gate_table_markdown(rows),
         description=f"Gate verdicts of {len(rows)} athlete models",
+    )
+    create_markdown_artifact(
+        key="data-notes", markdown=data_notes_markdown(outcome.note_counts(), data_notes),
+        description="Masked values, dropped rows and every other data note of this run",
     )
     logger.info("done: %s; summary at %s", pipeline.counts_text(counts), out)
     return summary

@@ -28,17 +28,19 @@ def ingest_data(settings: Settings, data: str | None, source: str | None) -> pip
 
 
 @task(name="validate-data", cache_policy=NO_CACHE)
-def validate_data(ingested: pipeline.IngestResult, settings: Settings) -> Any:
-    """Great Expectations suite; quarantines bad athletes and writes their reports."""
-    from veloready_pipeline.validation import validate_frame, write_quarantine_reports
+def validate_data(ingested: pipeline.IngestResult, settings: Settings,
+                  as_of: str | None = None, since: str | None = None) -> Any:
+    """Great Expectations suites in the training window: bad rows dropped or masked and
+    reported, unusable athletes quarantined; writes the reports and the data notes."""
+    from veloready_pipeline.validation import write_quarantine_reports
 
-    outcome = validate_frame(ingested.frame, ingested.issues,
-                             max_gap_days=settings.validation.max_gap_days,
-                             max_missing_rates=settings.validation.max_missing_rates or None)
+    outcome = pipeline.validate_ingested(ingested, settings, as_of, since)
     folder = settings.resolve(settings.paths.quarantine_dir)
     write_quarantine_reports(outcome, folder)
-    log.info("validate: %d athletes checked by the Great Expectations suite, %d quarantined",
-             outcome.n_athletes, len(outcome.quarantined))
+    log.info("validate: %d athletes checked by the Great Expectations suite, %d quarantined, "
+             "%d without rows in the training window; data notes: %s",
+             outcome.n_athletes, len(outcome.quarantined), len(outcome.skipped),
+             pipeline.data_notes_line(outcome.note_counts()))
     for aid, report in sorted(outcome.quarantined.items()):
         fails = getattr(report, "failures", []) or [{}]
         first = fails[0]

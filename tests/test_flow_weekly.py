@@ -29,8 +29,9 @@ def corrupted_data(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     df = sim.frame.copy()
     df["date"] = df["date"].dt.strftime("%Y-%m-%d")
     df = df.astype({"hrv_ms": "object"})
-    # sim-0002: impossible HRV; sim-0003: duplicated date; sim-0004: a bad type.
-    df.loc[df.index[df["athlete_id"] == "sim-0002"][10], "hrv_ms"] = 900.0
+    # sim-0002: HRV in the wrong unit on 20 days (15 %: over the 5 % tolerance);
+    # sim-0003: a duplicated date and sim-0004: a bad type (one row each: dropped/masked).
+    df.loc[df.index[df["athlete_id"] == "sim-0002"][10:30], "hrv_ms"] = 900.0
     dup = df[df["athlete_id"] == "sim-0003"].iloc[[5]]
     df = pd.concat([df, dup], ignore_index=True)
     df.loc[df.index[df["athlete_id"] == "sim-0004"][7], "hrv_ms"] = "sixty"
@@ -62,9 +63,18 @@ def test_corrupted_athletes_quarantined_others_trained_and_shipped(prefect_api, 
     data, _ = corrupted_data
     summary = _train(home, data, home / "s1.json")
     status = {r["athlete_id"]: r for r in summary["rows"]}
-    assert {a for a, r in status.items() if r["status"] == "quarantined"} == {
-        "sim-0002", "sim-0003", "sim-0004"}
+    assert {a for a, r in status.items() if r["status"] == "quarantined"} == {"sim-0002"}
     assert "hrv_ms" in status["sim-0002"]["reason"]
+    # One bad row is dropped or masked, listed, and the athlete trains on the rest.
+    for aid in ("sim-0003", "sim-0004"):
+        assert status[aid]["status"] in ("registered", "gate_failed"), status[aid]["reason"]
+    [dropped] = [n for n in summary["data_notes"]["sim-0003"] if n["kind"] == "dropped"]
+    assert dropped["count"] == 2 and {r["file"] for r in dropped["rows"]} == {str(data)}
+    [masked] = [n for n in summary["data_notes"]["sim-0004"] if n["kind"] == "masked"]
+    assert masked["rows"][0]["message"] == "value 'sixty' is not a valid hrv_ms"
+    assert status["sim-0004"]["data_notes"]["masked"] == 1
+    assert summary["data_note_counts"]["masked"] >= 21
+    assert summary["training_window"]["max_history_days"] == 730
     assert status["sim-0005"]["status"] == "skipped"
     assert "too little history" in status["sim-0005"]["reason"]
     assert status["sim-0001"]["status"] == "registered", status["sim-0001"]["reason"]
@@ -74,7 +84,8 @@ def test_corrupted_athletes_quarantined_others_trained_and_shipped(prefect_api, 
     text = (reports / "sim-0002.md").read_text()
     assert "hrv_ms" in text and "900" in text
     for aid in ("sim-0003", "sim-0004"):
-        assert (reports / f"{aid}.md").exists()
+        assert not (reports / f"{aid}.md").exists()
+    assert (reports / "data_notes.json").exists()
 
     art = status["sim-0001"]["artifacts"]
     assert Path(art["coreml"]).exists() and Path(art["onnx"]).exists()

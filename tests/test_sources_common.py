@@ -8,14 +8,24 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from veloready_pipeline.schema import CORE_COLUMNS
+from veloready_pipeline.schema import CORE_COLUMNS, coerce_canonical, parse_days
+from veloready_pipeline.sources.base import ParseIssue
+from veloready_pipeline.sources.canonical import CanonicalFileSource
 from veloready_pipeline.sources.common import (
+    MISSING_TOKENS,
+    MissingTokenNote,
+    NoDataError,
+    ResolvedIssue,
     decode_file,
     finish_frame,
+    is_missing,
     join_notes,
     missing_sensor_notes,
+    missing_token_counts,
+    missing_token_notes,
     parse_number,
     read_csv_table,
+    with_athlete,
 )
 
 
@@ -124,3 +134,94 @@ def test_missing_sensor_notes_and_join() -> None:
     joined = join_notes(notes, {"b": ["custom fields not used: x"], "c": []})
     assert joined["b"].endswith("custom fields not used: x")
     assert "c" not in joined
+
+
+# --------------------------------------------------------------------------- missing tokens
+
+
+DOCUMENTED_TOKENS = ["", "n/a", "NA", "NaN", "null", "None", "#N/A", "-", "--", "?", "nil",
+                     "N.A.", "<NA>", "#NA", "-nan"]
+
+
+@pytest.mark.parametrize("token", DOCUMENTED_TOKENS)
+def test_documented_missing_tokens_are_missing(token: str) -> None:
+    assert is_missing(token) and is_missing(f"  {token} ")
+    assert math.isnan(parse_number(token))
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "none of it", "#VALUE!", "n/a-ms", "NaNa"])
+def test_other_text_is_not_a_missing_token(text: str) -> None:
+    assert not is_missing(text)
+
+
+def test_missing_token_list_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Missing values", 1)[1].split("\n#", 1)[0]
+    for token in MISSING_TOKENS - {""}:
+        assert f"`{token}`" in section.lower(), token
+
+
+def test_missing_token_counts_and_notes_per_athlete_and_column() -> None:
+    assert missing_token_counts(["n/a", "NaN", "", "5", "n/a", None]) == {"n/a": 2, "NaN": 1}
+    raw = pd.DataFrame({"athlete_id": ["a", "a", "b", "b"],
+                        "hrv_ms": ["n/a", "#N/A", "50", ""],
+                        "tss": ["null", "1", "NaN", "abc"]}, dtype="string")
+    notes = missing_token_notes(raw, ["hrv_ms", "tss"], "f.csv")
+    got = {(n.athlete_id, n.column, n.count) for n in notes}
+    assert got == {("a", "hrv_ms", 2), ("a", "tss", 1), ("b", "tss", 1)}
+    assert all(isinstance(n, MissingTokenNote) and n.severity == "warning" for n in notes)
+    [a_hrv] = [n for n in notes if (n.athlete_id, n.column) == ("a", "hrv_ms")]
+    assert a_hrv.message == "2 hrv_ms cell(s) spelled as missing ('n/a' x1, '#N/A' x1): read " \
+                            "as missing"
+
+
+def test_with_athlete_keeps_the_kind_and_its_fields() -> None:
+    issues = [MissingTokenNote(None, "f", None, "x", "m", count=3),
+              ResolvedIssue(None, "f", 2, None, "superseded"), ParseIssue(None, "f", 3, None, "e")]
+    out = with_athlete(issues, "a")
+    assert [type(i) for i in out] == [type(i) for i in issues]
+    assert all(i.athlete_id == "a" for i in out) and out[0].count == 3
+
+
+# --------------------------------------------------------------------------- dates
+
+
+def test_parse_days_normalises_mixed_offsets_row_by_row() -> None:
+    raw = pd.Series(["2026-01-01T23:30:00-05:00", "2026-01-02T07:00:00+02:00", "abc", None,
+                     "2026-01-03", "2026-01-04 06:00Z", "2026-01-05T01:00:00.5+0100"],
+                    dtype="string")
+    days = parse_days(raw)
+    assert [None if pd.isna(d) else f"{d:%Y-%m-%d}" for d in days] == [
+        "2026-01-01", "2026-01-02", None, None, "2026-01-03", "2026-01-04", "2026-01-05"]
+    assert str(days.dtype) == "datetime64[ns]"
+    frame = coerce_canonical(pd.DataFrame({"athlete_id": ["a", "b"], "date": [
+        "2026-03-01T08:00:00+01:00", "2026-03-01T08:00:00+02:00"]}))
+    assert "_coerce_errors" not in frame and frame["date"].notna().all()
+
+
+def test_canonical_csv_with_one_athlete_in_another_offset(tmp_path: Path) -> None:
+    path = tmp_path / "daily.csv"
+    lines = ["athlete_id,date,recovery_score"]
+    lines += [f"a,2026-01-{d:02d}T07:00:00+01:00,70" for d in range(1, 11)]
+    lines += [f"b,2026-01-{d:02d}T07:00:00-05:00,60" for d in range(1, 11)]
+    lines += [f"c,2026-01-{d:02d}T07:00:00{'+01:00' if d < 6 else '+02:00'},60"
+              for d in range(1, 11)]
+    path.write_text("\n".join(lines) + "\n")
+    result = CanonicalFileSource(path).load()
+    assert result.frame["date"].notna().all() and len(result.frame) == 30
+    assert "_coerce_errors" not in result.frame
+    [note] = result.issues
+    assert note.athlete_id == "c" and note.severity == "warning"
+    assert note.message.startswith("dates carry 2 different UTC offsets (+01:00 x5, +02:00 x5)")
+
+
+# --------------------------------------------------------------------------- empty input
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n", "athlete_id,date,recovery_score\n"])
+def test_empty_canonical_file_is_a_clear_error(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_text(content)
+    with pytest.raises(NoDataError, match=f"{path}.*(empty|no data rows)"):
+        CanonicalFileSource(path).load()
+    assert issubclass(NoDataError, ValueError)

@@ -351,6 +351,9 @@ def train(
                                          help="canonical|generic_csv|intervals|pmdata|postgres"),
     families: str | None = typer.Option(None, "--families", help="comma separated"),
     as_of: str | None = typer.Option(None, "--as-of", help="YYYY-MM-DD"),
+    since: str | None = typer.Option(
+        None, "--since", help="YYYY-MM-DD: train on rows from this day (window also capped "
+        "at max_history_days)"),
     athletes: str | None = typer.Option(None, "--athletes", help="comma separated ids"),
     summary_json: Path | None = typer.Option(None, "--summary-json"),
     config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
@@ -372,7 +375,8 @@ def train(
 
     summary = weekly_training(settings=settings, data=data, source=source, as_of=as_of,
                               athlete_ids=_csv(athletes), families=fams,  # type: ignore[arg-type]
-                              summary_json=str(summary_json) if summary_json else None)
+                              summary_json=str(summary_json) if summary_json else None,
+                              since=since)
     typer.echo(json.dumps(summary["counts"], indent=2))
     typer.echo(f"summary:        {summary['summary_path']}")
     typer.echo(f"MLflow store:   {summary['mlflow_tracking_uri']}")
@@ -380,6 +384,10 @@ def train(
     if summary["quarantined"]:
         typer.echo(f"quarantined:    {len(summary['quarantined'])} athletes, reports in "
                    f"{summary['quarantine_dir']}")
+    from veloready_pipeline.pipeline import data_notes_line
+
+    typer.echo(f"data notes:     {data_notes_line(summary.get('data_note_counts', {}))} "
+               f"(per athlete in the summary's data_notes)")
 
 
 @app.command()

@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -341,12 +348,38 @@ class BriefSettings(_Section):
     )
 
 
+class RowTolerance(_Section):
+    """Largest share of an athlete's bad rows per rule before the athlete is quarantined.
+
+    Below it the bad rows are masked (range, type) or dropped (parse, missing date,
+    duplicate date), reported, and the athlete trains on the rest. Shares are per
+    athlete in the training window: masked values over the column's readings, dropped
+    rows over the athlete's rows. Great Expectations' ``mostly`` is 1 - tolerance.
+    """
+
+    range: float = Field(default=0.05, ge=0, le=1, description="values outside their range")
+    type: float = Field(default=0.05, ge=0, le=1, description="values that are not numbers")
+    parse: float = Field(default=0.05, ge=0, le=1, description="rows the source could not read")
+    missing_date: float = Field(default=0.05, ge=0, le=1, description="rows without a date")
+    duplicate_date: float = Field(
+        default=0.05, ge=0, le=1, description="rows of a day that appears twice (all copies)"
+    )
+
+
 class ValidationSettings(_Section):
     """Limits of the Great Expectations validation stage (`veloready_pipeline.validation`)."""
 
+    row_tolerance: RowTolerance = Field(default_factory=RowTolerance)
+    future_days: int = Field(
+        default=2, ge=0, le=3650,
+        description="rows dated more than this many days after the as-of date (or today) "
+        "quarantine their athlete",
+    )
+
     max_gap_days: int = Field(
         default=14, ge=0, le=3650,
-        description="most consecutive days without a row before an athlete is quarantined",
+        description="most consecutive days without a row; history before a longer gap is "
+        "not used (quarantine if fewer than min_history_days remain)",
     )
     max_missing_rates: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=dict,
@@ -428,6 +461,10 @@ class Settings(BaseSettings):
     seed: int = Field(default=7, ge=0, le=2**31 - 1)
     families: list[Family] = Field(default_factory=lambda: list(ALL_FAMILIES))
     min_history_days: int = Field(default=90, ge=14, le=3650)
+    max_history_days: int = Field(
+        default=730, ge=14, le=36_500,
+        description="training window: at most this many days up to each athlete's last row",
+    )
     recovery_target: str = Field(
         default="recovery_score", description="canonical column predicted for tomorrow"
     )
@@ -480,6 +517,13 @@ class Settings(BaseSettings):
             else:
                 out[fam] = given
         return out
+
+    @model_validator(mode="after")
+    def _history_window(self) -> Settings:
+        if self.max_history_days < self.min_history_days:
+            raise ValueError(f"max_history_days ({self.max_history_days}) must be at least "
+                             f"min_history_days ({self.min_history_days})")
+        return self
 
     @classmethod
     def settings_customise_sources(

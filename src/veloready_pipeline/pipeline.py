@@ -26,6 +26,7 @@ from veloready_pipeline.gates import regression_metrics
 from veloready_pipeline.logs import get_logger
 from veloready_pipeline.results import ModelResult
 from veloready_pipeline.sources.base import ParseIssue, SourceResult
+from veloready_pipeline.sources.common import NoDataError
 
 log = get_logger(__name__)
 
@@ -80,8 +81,13 @@ def load_data(settings: Settings, data: str | None = None,
     if cfg.path is None:
         path = ensure_synthetic_data(settings)
         cfg = SourceSettings(name="canonical", path=str(path))
+    _refuse_empty_file(cfg.path)
     source = make_source(cfg)
     result: SourceResult = source.load()
+    if result.frame.empty and not result.issues:
+        raise NoDataError(
+            f"no data: the {getattr(source, 'name', cfg.name)} source found no rows at "
+            f"{cfg.path}; nothing to train on")
     ingested = IngestResult(result.frame, list(result.issues), dict(result.notes),
                             getattr(source, "name", cfg.name), str(cfg.path))
     log.info("ingest: %d rows of %d athletes from %s source %s (%s)", len(result.frame),
@@ -113,10 +119,6 @@ def describe_window(frame: pd.DataFrame) -> str:
     return f"dates {window[0]}..{window[1]}" if window else "no dated rows"
 
 
-class NoDataError(ValueError):
-    """The run's window holds no rows; the message names the data's date range."""
-
-
 def no_rows_message(raw: pd.DataFrame, clean: pd.DataFrame, as_of: str | None,
                     athlete_ids: Sequence[str] | None) -> str:
     """Why a training window is empty, with the dates the data does cover."""
@@ -131,6 +133,69 @@ def no_rows_message(raw: pd.DataFrame, clean: pd.DataFrame, as_of: str | None,
                 f"{window[0]}; pick an as-of date from {window[0]} to {window[1]}")
     who = f" for athletes {', '.join(athlete_ids)}" if athlete_ids else ""
     return f"no rows to train on{who} as of {as_of or 'latest'}: {where}"
+
+
+def _refuse_empty_file(path: str | None) -> None:
+    """An empty data file is a user mistake with a one-line reason, not an empty run."""
+    if path is None or "://" in path:
+        return
+    p = Path(path)
+    if p.is_file() and not p.read_bytes().strip():
+        raise NoDataError(f"data file {p} is empty (0 rows, no header); nothing to train on")
+
+
+def training_window(settings: Settings, as_of: str | None,
+                    since: str | None) -> Any:
+    """The run's `validation.TrainingWindow` (as-of, since, ``max_history_days``)."""
+    from veloready_pipeline.validation import TrainingWindow
+
+    return TrainingWindow(
+        as_of=pd.Timestamp(as_of) if as_of else None,
+        since=pd.Timestamp(since) if since else None,
+        max_history_days=settings.max_history_days,
+    )
+
+
+def validate_ingested(ingested: IngestResult, settings: Settings, as_of: str | None = None,
+                      since: str | None = None, today: Any = None) -> Any:
+    """Validate the ingested rows in the run's training window with the configured rules."""
+    from veloready_pipeline.validation import validate_frame
+
+    v = settings.validation
+    return validate_frame(
+        ingested.frame, ingested.issues,
+        max_gap_days=v.max_gap_days,
+        max_missing_rates=v.max_missing_rates or None,
+        tolerances=v.row_tolerance.model_dump(),
+        min_history_days=settings.min_history_days,
+        window=training_window(settings, as_of, since),
+        future_days=v.future_days,
+        today=today,
+        adapter_notes=ingested.notes,
+    )
+
+
+def data_notes_line(counts: dict[str, int]) -> str:
+    """The closing line of a command: every kind of data note, counted."""
+    labels = {"masked": "masked values", "dropped": "dropped rows",
+              "source": "source notes (superseded/ignored rows)",
+              "missing_tokens": "missing-value tokens", "adapter": "adapter notes",
+              "sensor": "sensor notes", "gap": "gap notes", "window": "rows outside the window"}
+    return ", ".join(f"{counts.get(k, 0)} {label}" for k, label in labels.items())
+
+
+def annotate_rows(rows: list[dict[str, Any]], data_notes: dict[str, list[dict[str, Any]]]
+                  ) -> None:
+    """Give each summary row its athlete's note counts; a skipped row names its gaps."""
+    for row in rows:
+        notes = data_notes.get(row["athlete_id"], [])
+        counts: dict[str, int] = {}
+        for n in notes:
+            counts[n["kind"]] = counts.get(n["kind"], 0) + int(n["count"])
+        row["data_notes"] = counts
+        gaps = [n["message"] for n in notes if n["kind"] == "gap"]
+        if row.get("status") == "skipped" and gaps and "without data" not in str(row["reason"]):
+            row["reason"] = f"{row['reason']} (data: {'; '.join(gaps)})"
 
 
 def cut_as_of(frame: pd.DataFrame, as_of: str | None) -> pd.DataFrame:

@@ -151,6 +151,11 @@ def build_report(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         md.append(f"| {r['athlete_id']} | {r['family']} | {r['status']} | {_fmt(m.get('rmse'))} "
                   f"| {_fmt(m.get('mae'))} | {_fmt(m.get('r2'))} | {_fmt(m.get('auroc'))} "
                   f"| {base} | {str(r.get('reason', '')).replace('|', '/')[:200]} |")
+    if summary.get("data_notes") is not None:
+        from veloready_pipeline.validation import data_notes_markdown
+
+        md.append("\n" + data_notes_markdown(summary.get("data_note_counts", {}),
+                                             summary["data_notes"], level=2))
     md.append("\n## Per-athlete plots\n")
     for r in rows:
         png = (r.get("artifacts") or {}).get("residual_plot")

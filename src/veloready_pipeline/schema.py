@@ -10,6 +10,7 @@ no ``best_power_*`` columns).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pandas as pd
@@ -87,6 +88,40 @@ CORE_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, "resting_hr", "sleep_score",
 FLOAT_COLUMNS: tuple[str, ...] = tuple(c.name for c in CANONICAL_COLUMNS if c.dtype == "float")
 
 
+_UTC_OFFSET = re.compile(
+    r"^(.*\d[T ]\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)\s*(?:Z|UTC|[+-]\d{2}(?::?\d{2})?)$",
+    re.IGNORECASE,
+)
+
+
+def parse_days(values: pd.Series) -> pd.Series:
+    """Local calendar days from dates or timestamps, one row at a time where needed.
+
+    A timestamp with a UTC offset keeps the calendar day of its own wall-clock time
+    (``2026-01-01T23:30-05:00`` is 1 January, where that athlete was), so rows written
+    with different offsets (travel, daylight saving, two athletes' devices in one file)
+    are each normalised on their own instead of failing the whole column. Rows whose
+    format differs from the rest are parsed as ISO 8601 one by one; what still cannot be
+    read is NaT (the caller reports it).
+    """
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values.dt.tz_localize(None) if values.dt.tz is not None else values
+        return parsed.dt.normalize().astype("datetime64[ns]")
+    try:
+        parsed = pd.to_datetime(values, errors="coerce", utc=False)
+        if parsed.dt.tz is not None:
+            parsed = parsed.dt.tz_localize(None)
+    except (ValueError, TypeError):  # offsets differ between rows
+        parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
+    text = values.astype("string").str.strip()
+    todo = parsed.isna() & text.fillna("").ne("")
+    if todo.any():
+        local = text[todo].str.replace(_UTC_OFFSET, r"\1", regex=True)
+        parsed = parsed.astype("datetime64[ns]")
+        parsed.loc[todo] = pd.to_datetime(local, errors="coerce", format="ISO8601")
+    return parsed.dt.normalize().astype("datetime64[ns]")
+
+
 def coerce_canonical(df: pd.DataFrame) -> pd.DataFrame:
     """Give known columns their canonical dtypes without dropping anything.
 
@@ -99,11 +134,10 @@ def coerce_canonical(df: pd.DataFrame) -> pd.DataFrame:
     if "athlete_id" in out:
         out["athlete_id"] = out["athlete_id"].astype("string")
     if "date" in out:
-        parsed = pd.to_datetime(out["date"], errors="coerce", utc=False)
+        parsed = parse_days(out["date"])
         bad = parsed.isna() & out["date"].notna()
         errors[bad] += "date;"
-        out["date"] = parsed.dt.tz_localize(None) if parsed.dt.tz is not None else parsed
-        out["date"] = out["date"].dt.normalize().astype("datetime64[ns]")
+        out["date"] = parsed
     for name in FLOAT_COLUMNS:
         if name in out:
             raw = out[name]

@@ -11,9 +11,11 @@ canonical dtypes, sort order) and the same per-athlete "missing sensor" notes.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +30,26 @@ from veloready_pipeline.schema import (
 )
 from veloready_pipeline.sources.base import ParseIssue
 
-#: Strings that mean "no value" in the exports we have seen (compared lower-case).
+#: Strings that mean "no value" in the exports we have seen (compared lower-case, after
+#: stripping blanks). This is the documented list (README "Missing values"): a cell spelled
+#: like one of these is read as missing and *counted* per athlete and column in the run's
+#: data notes; any other text in a numeric column (``"abc"``) is a bad value, masked and
+#: reported by line. Spreadsheet error codes other than ``#N/A`` are bad values too.
 MISSING_TOKENS: frozenset[str] = frozenset(
-    {"", "na", "n/a", "nan", "null", "none", "-", "--", "?", "#n/a"}
+    {"", "na", "n/a", "n.a.", "nan", "-nan", "null", "none", "nil", "-", "--", "?",
+     "#n/a", "#na", "#n/a n/a", "<na>"}
 )
 
 #: Encoding tried when a file is not valid UTF-8 (Excel on Windows writes cp1252).
 FALLBACK_ENCODING = "cp1252"
 
 _DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
+
+
+class NoDataError(ValueError):
+    """No rows to work on: an empty file, a header without rows, or a run's window that
+    holds none (the message names the file or the data's date range). A user mistake:
+    the CLI prints it as one line with exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,60 @@ class ResolvedIssue(ParseIssue):
     severity: str = "warning"
 
 
+@dataclass(frozen=True)
+class MissingTokenNote(ResolvedIssue):
+    """``count`` cells of one athlete's column spelled as a missing-value token.
+
+    One note per (athlete, file, column), so a long export with thousands of ``NaN``
+    cells gives a handful of notes; validation counts ``count`` in the data notes.
+    """
+
+    count: int = 0
+
+
+def missing_token_counts(values: Iterable[object]) -> Counter[str]:
+    """How often each non-blank missing-value token occurs among ``values`` (as written)."""
+    found: Counter[str] = Counter()
+    for v in values:
+        if isinstance(v, str) and v.strip() and v.strip().lower() in MISSING_TOKENS:
+            found[v.strip()] += 1
+    return found
+
+
+def missing_token_notes(
+    raw: pd.DataFrame, columns: Iterable[str], file: str, athlete_column: str = "athlete_id"
+) -> list[MissingTokenNote]:
+    """One `MissingTokenNote` per athlete and column of ``raw`` (cells as read, strings).
+
+    Blank cells are the ordinary spelling of "no value" and are not counted; every other
+    token is (a column full of ``#N/A`` says something about the export).
+    """
+    notes: list[MissingTokenNote] = []
+    if raw.empty:
+        return notes
+    athletes = (raw[athlete_column] if athlete_column in raw
+                else pd.Series([None] * len(raw), index=raw.index))
+    for column in columns:
+        if column not in raw or column == athlete_column:
+            continue
+        cells = raw[column].astype("string")
+        folded = cells.fillna("").str.strip().str.lower()
+        hit = folded.isin(list(MISSING_TOKENS - {""}))
+        if not hit.any():
+            continue
+        frame = pd.DataFrame({"a": athletes[hit].astype("string").fillna("\0"),
+                              "t": cells[hit].fillna("").str.strip()})
+        for aid, group in frame.groupby("a", sort=True):
+            counts = group["t"].value_counts()
+            shown = ", ".join(f"{tok!r} x{n}" for tok, n in counts.items())
+            notes.append(MissingTokenNote(
+                None if aid == "\0" else str(aid), file, None, column,
+                f"{int(counts.sum())} {column} cell(s) spelled as missing ({shown}): read as "
+                "missing", count=int(counts.sum()),
+            ))
+    return notes
+
+
 def severity_of(issue: ParseIssue) -> str:
     """``"warning"`` for a `ResolvedIssue`, else ``"error"``."""
     return str(getattr(issue, "severity", "error"))
@@ -59,11 +126,7 @@ def severity_of(issue: ParseIssue) -> str:
 
 def with_athlete(issues: Iterable[ParseIssue], athlete: str | None) -> list[ParseIssue]:
     """The same issues attributed to ``athlete`` (keeping their kind)."""
-    out: list[ParseIssue] = []
-    for i in issues:
-        kind = ResolvedIssue if isinstance(i, ResolvedIssue) else ParseIssue
-        out.append(kind(athlete, i.file, i.line, i.column, i.message))
-    return out
+    return [dataclasses.replace(i, athlete_id=athlete) for i in issues]
 
 
 @dataclass(frozen=True)
