@@ -133,7 +133,8 @@ def test_unusable_ids_are_quarantined_by_validation_with_reports(tmp_path: Path)
     written = write_quarantine_reports(outcome, tmp_path / "q")
     assert all(p.parent == tmp_path / "q" for p in written)
     assert {p.name for p in written} == {f"{athlete_key(a)}.{ext}" for a in ("a\nb", "   ")
-                                         for ext in ("md", "json")} | {"index.json"}
+                                         for ext in ("md", "json")} | {"index.json",
+                                                                   "data_notes.json"}
 
 
 def test_key_clash_quarantines_both_athletes(monkeypatch) -> None:

@@ -735,3 +735,40 @@ def test_a_full_week_validates_in_seconds() -> None:
     assert outcome.note_counts()["masked"] == 21
     assert_nothing_lost(outcome, frame)
     assert elapsed < 60, f"validation took {elapsed:.1f} s"
+
+
+# --------------------------------------------------------------------------- real-shaped
+
+
+def test_long_intervals_export_trains_in_its_window_and_lists_each_masked_value() -> None:
+    """tests/fixtures/intervals_long: 1,100 days, late sensors, 4 impossible values.
+
+    Through the run's own settings (window 730 days, min_history_days 90, tolerances
+    5 %): not quarantined, each impossible value masked and listed by file and line,
+    the late sensors are notes, and the days before the window are counted.
+    """
+    from veloready_pipeline.config import Settings
+    from veloready_pipeline.pipeline import IngestResult, validate_ingested
+    from veloready_pipeline.sources.intervals import IntervalsSource
+
+    folder = Path(__file__).parent / "fixtures" / "intervals_long"
+    loaded = IntervalsSource(folder).load()
+    ingested = IngestResult(loaded.frame, loaded.issues, loaded.notes, "intervals", str(folder))
+    outcome = validate_ingested(ingested, Settings(), today=pd.Timestamp("2025-01-10"))
+    assert outcome.quarantined == {} and outcome.skipped == {}
+    clean = outcome.clean
+    assert len(clean) == 730 and clean["date"].max() == pd.Timestamp("2025-01-04")
+    masked = {(n["column"], r["line"]): r["value"] for n in outcome.data_notes["i3001"]
+              if n["kind"] == "masked" for r in n["rows"]}
+    assert masked == {("sleep_hours", 952): pytest.approx(19.5),
+                      ("resting_hr", 1012): 300.0, ("hrv_ms", 1042): 999.0,
+                      ("sleep_hours", 1077): pytest.approx(19.0)}
+    kinds = {n["kind"] for n in outcome.data_notes["i3001"]}
+    assert {"masked", "adapter", "sensor", "window"} <= kinds
+    [window] = [n for n in outcome.data_notes["i3001"] if n["kind"] == "window"]
+    assert window["count"] == 1100 - 730
+    assert any("hrv_ms starts on 2024-03-11" in n["message"]
+               for n in outcome.data_notes["i3001"] if n["kind"] == "sensor")
+    # Without a window (the whole file) it trains too: the same columns, the same notes.
+    whole = validate_frame(loaded.frame, loaded.issues, min_history_days=90)
+    assert whole.quarantined == {}

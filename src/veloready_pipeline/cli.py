@@ -367,6 +367,7 @@ def train(
         check_home(settings)
         fams = check_families(families)
         as_of = check_date(as_of, "--as-of")
+        since = check_date(since, "--since")
         check_source(settings, data, source, mapping)
     except UserError as exc:
         write_not_started(summary_json, settings, str(exc), "train")

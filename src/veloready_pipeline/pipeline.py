@@ -93,9 +93,13 @@ def load_data(settings: Settings, data: str | None = None,
     log.info("ingest: %d rows of %d athletes from %s source %s (%s)", len(result.frame),
              _n_athletes(result.frame), ingested.source, ingested.location,
              describe_window(result.frame))
-    if ingested.issues:
-        log.warning("ingest: %d rows/values could not be parsed (kept for the quarantine "
-                    "report)", len(ingested.issues))
+    errors = sum(str(getattr(i, "severity", "error")) == "error" for i in ingested.issues)
+    if errors:
+        log.warning("ingest: %d rows/values could not be parsed (dropped or masked and "
+                    "listed in the data notes)", errors)
+    if len(ingested.issues) > errors:
+        log.info("ingest: %d source notes (superseded rows, missing-value tokens, ...)",
+                 len(ingested.issues) - errors)
     return ingested
 
 

@@ -765,6 +765,12 @@ def validate_frame(
     for aid, entries in bad.items():
         for (rule, column), entry in entries.items():
             notes.add_rows(aid, rule, column, entry)
+            if aid not in failures:
+                first = entry["items"][0] if entry["items"] else {}
+                warnings.setdefault(aid, []).append(
+                    f"{entry['n']} {'value(s)' if entry['action'] == 'masked' else 'row(s)'} "
+                    f"{entry['action']} by rule {rule} on {column} (first: "
+                    f"{first.get('file')}:{first.get('line')}, value {first.get('value')!r})")
     for aid, text in (adapter_notes or {}).items():
         for part in (p.strip() for p in str(text).split(";")):
             if part:

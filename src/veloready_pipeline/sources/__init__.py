@@ -27,7 +27,7 @@ from pathlib import Path
 from veloready_pipeline.config import SourceSettings
 from veloready_pipeline.sources.base import ParseIssue, Source, SourceResult
 from veloready_pipeline.sources.canonical import CanonicalFileSource
-from veloready_pipeline.sources.common import decode_file
+from veloready_pipeline.sources.common import decode_file, refuse_empty_file
 from veloready_pipeline.sources.generic_csv import GenericCsvSource
 from veloready_pipeline.sources.intervals import (
     IntervalsSource,
@@ -119,6 +119,8 @@ def detect_source_name(path: str, mapping: str | Path | None = None) -> str:
             + (f"; unrecognised headers in {', '.join(unknown[:5])}" if unknown else "")
             + ". Pass --source NAME (canonical, generic_csv with --mapping, intervals, pmdata)."
         )
+    if p.suffix.lower() in (".csv", ".txt", ".tsv"):
+        refuse_empty_file(p)
     if p.suffix.lower() == ".parquet":
         return "canonical"
     if p.suffix.lower() in (".csv", ".txt", ".tsv"):

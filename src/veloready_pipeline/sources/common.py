@@ -52,6 +52,20 @@ class NoDataError(ValueError):
     the CLI prints it as one line with exit code 2."""
 
 
+def refuse_empty_file(path: Path) -> None:
+    """Raise `NoDataError` for a text data file with no header, or a header and no rows.
+
+    Checked before anything heavy starts, so an empty export is one clear line instead
+    of an empty run (or a guess at its format from an empty header).
+    """
+    text, _ = decode_file(path)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise NoDataError(f"data file {path} is empty (no header, no rows); nothing to train on")
+    if len(lines) == 1:
+        raise NoDataError(f"data file {path} has a header but no data rows; nothing to train on")
+
+
 @dataclass(frozen=True)
 class ResolvedIssue(ParseIssue):
     """A reported problem the source settled by itself: a warning, not an error.
