@@ -141,41 +141,98 @@ def test_intervals_export_folder_with_activities() -> None:
     assert not outcome.quarantined
 
 
-def _train(tmp_path: Path, *args: str) -> dict:  # type: ignore[type-arg]
-    import json
+def _whoop_expected(person: str) -> tuple[list[int], list[int]]:
+    """Lines of ``person``'s open cycles (no wake time) and of the superseded cycles
+    (not the latest wake of their date), read straight from the file."""
+    rows = _whoop_rows(FIXTURES / "whoop" / f"{person}_physiological_cycles.csv")
+    empty = [line for line, r in rows if not r["Wake onset"]]
+    by_day: dict[str, list[tuple[str, int]]] = {}
+    for line, r in rows:
+        if r["Wake onset"]:
+            by_day.setdefault(r["Wake onset"][:10], []).append((r["Wake onset"], line))
+    lost = sorted(line for group in by_day.values() if len(group) > 1
+                  for _, line in sorted(group)[:-1])
+    return empty, lost
 
-    from typer.testing import CliRunner
 
-    from veloready_pipeline.cli import app
+def _ingest(path: Path, mapping: Path | None = None):  # type: ignore[no-untyped-def]
+    """Load and validate through the run's own path (settings, window, tolerances)."""
+    from veloready_pipeline.config import Settings
+    from veloready_pipeline.pipeline import load_data, validate_ingested
 
-    summary = tmp_path / "summary.json"
-    env = {"VELOREADY_HOME": str(tmp_path), "VELOREADY_TUNING__N_TRIALS": "3"}
-    result = CliRunner().invoke(app, ["train", *args, "--families", "recovery",
-                                      "--summary-json", str(summary)], env=env,
-                                catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return json.loads(summary.read_text())
+    settings = Settings()
+    settings.source.mapping = None if mapping is None else str(mapping)
+    ingested = load_data(settings, data=str(path))
+    return ingested, validate_ingested(ingested, settings)
+
+
+def test_whoop_through_the_pipeline_lists_every_skipped_row() -> None:
+    """No one withheld; each open and each superseded cycle is a data note by line."""
+    _, outcome = _ingest(FIXTURES / "whoop", FIXTURES / "whoop" / "mapping.yaml")
+    assert outcome.quarantined == {} and set(outcome.clean["athlete_id"]) == {"alex", "bea"}
+    for person in ("alex", "bea"):
+        empty, lost = _whoop_expected(person)
+        listed = {n["line"]: n["message"] for n in outcome.data_notes[person]
+                  if n["kind"] == "source"}
+        assert sorted(listed) == sorted(empty + lost)
+        assert all("open cycle" in listed[line] for line in empty)
+        assert all("superseded" in listed[line] for line in lost)
+        adapter = [n["message"] for n in outcome.data_notes[person] if n["kind"] == "adapter"]
+        assert (f"{len(lost)} row(s) superseded on {len(lost)} day(s) with several rows "
+                "(same_day keep: latest by Wake onset, each listed as a warning)") in adapter
+
+
+def test_intervals_export_folder_through_the_pipeline() -> None:
+    ingested, outcome = _ingest(FIXTURES / "intervals_export" / "i2001")
+    assert ingested.source == "intervals"
+    assert outcome.quarantined == {} and set(outcome.clean["athlete_id"]) == {"i2001"}
+    adapter = [n["message"] for n in outcome.data_notes["i2001"] if n["kind"] == "adapter"]
+    assert any(m.startswith("activities.csv: an intervals.icu activities export") for m in adapter)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "args,source,athletes",
+    "path,mapping,source,athletes",
     [
-        (["--data", str(FIXTURES / "whoop"), "--mapping", str(FIXTURES / "whoop" / "mapping.yaml")],
-         "generic_csv", {"alex", "bea"}),
-        (["--data", str(FIXTURES / "intervals_export" / "i2001")], "intervals", {"i2001"}),
+        (FIXTURES / "whoop", FIXTURES / "whoop" / "mapping.yaml", "generic_csv",
+         {"alex", "bea"}),
+        (FIXTURES / "intervals_export" / "i2001", None, "intervals", {"i2001"}),
+        (FIXTURES / "intervals_long", None, "intervals", {"i3001"}),
     ],
-    ids=["whoop", "intervals_export"],
+    ids=["whoop", "intervals_export", "intervals_long"],
 )
-def test_real_shaped_exports_train(prefect_api, tmp_path: Path, args: list[str], source: str,
+def test_real_shaped_exports_train(prefect_api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   path: Path, mapping: Path | None, source: str,
                                    athletes: set[str]) -> None:
-    """Each person of the export gets a trained recovery model (none withheld)."""
-    summary = _train(tmp_path, *args)
+    """The weekly flow trains a recovery model for each person of each export, none is
+    withheld, and the summary lists every skipped row and masked value by line."""
+    import json
+
+    from flows.weekly_training import weekly_training
+    from veloready_pipeline.config import load_settings
+
+    monkeypatch.setenv("VELOREADY_HOME", str(tmp_path))
+    monkeypatch.setenv("VELOREADY_TUNING__N_TRIALS", "3")
+    settings = load_settings(None)
+    settings.source.mapping = None if mapping is None else str(mapping)
+    out = tmp_path / "summary.json"
+    weekly_training(settings=settings, data=str(path), families=["recovery"],
+                    summary_json=str(out), progress=False)
+    summary = json.loads(out.read_text())
     assert summary["source"] == source and not summary["quarantined"]
     rows = {r["athlete_id"]: r for r in summary["rows"] if r["family"] == "recovery"}
     assert set(rows) == athletes
     for aid, rec in rows.items():
         assert rec["status"] in ("registered", "gate_failed"), (aid, rec["reason"])
         assert rec["metrics"]["rmse"] > 0
-        if source == "generic_csv":  # Whoop Day Strain: the load features use load_au
+        notes = summary["data_notes"][aid]
+        if source == "generic_csv":  # Whoop: open/superseded cycles; load from Day Strain
+            empty, lost = _whoop_expected(aid)
+            assert sorted(n["line"] for n in notes if n["kind"] == "source") == sorted(
+                empty + lost)
             assert any("training load from load_au" in n for n in rec["notes"]), rec["notes"]
+        if aid == "i3001":  # the four impossible values, each masked and listed by line
+            masked = {(n["column"], r["line"]) for n in notes if n["kind"] == "masked"
+                      for r in n["rows"]}
+            assert masked == {("sleep_hours", 952), ("resting_hr", 1012), ("hrv_ms", 1042),
+                              ("sleep_hours", 1077)}
