@@ -208,6 +208,9 @@ def test_train_zone_models_end_to_end(zone_datasets: dict) -> None:
         assert {"last_test_rmse", "last_test_mae", "last_test_ftp_w"} == set(r.baselines)
         assert r.feature_names == FEATURE_NAMES_ZONES
         assert r.params["n_trials"] == 3 and "hidden" in r.params
+        assert r.params["source"] == ("population" if r.params["best_epoch"] == 0
+                                      else "personal")
+        assert r.params["load_gain"] == pytest.approx(float(r.model.gain))
         # The stored predictions are the exported module's own predictions.
         np.testing.assert_allclose(predict_zones(r.model, ds.X[ds.test_idx]), r.test_pred)
         metrics, baselines, _ = evaluate_zone_model(ds, r.model)
@@ -405,3 +408,75 @@ def test_net_chunk_gates_zones_with_the_batch_pooled_checks() -> None:
         assert r.metrics["ftp_test_noise_pct"] > 0
         # The export path re-judges with the stored pooled figures: same verdict.
         assert _verdict_for(r, r.metrics, settings).reason() == r.verdict.reason()
+
+
+# ------------------------------------------- measured rows and the training-load anchor
+
+
+def test_measured_train_data_uses_only_measured_tests_and_rider_gains(zone_datasets) -> None:
+    from veloready_pipeline.models.zones import measured_train_data, rider_gains
+
+    ready = [d for d in zone_datasets.values() if not d.skip_reason]
+    data = measured_train_data(ready)
+    gains, info = rider_gains(ready)
+    for ds, td, g in zip(ready, data, gains, strict=True):
+        tr = ds.train_idx[ds.measured[ds.train_idx]]
+        va = ds.val_idx[ds.measured[ds.val_idx]]
+        assert len(va)  # the validation/test cut is a test day
+        tr = tr if len(tr) else ds.train_idx[-1:]  # no measured training test: last row
+        np.testing.assert_array_equal(td.x_train, ds.X[tr])
+        np.testing.assert_array_equal(td.y_val, ds.y[va])
+        assert td.buffers["gain"][0] == pytest.approx(g)
+        assert 0.0 <= g <= 1.0
+    assert np.isfinite(info["load_gain_population"])
+
+
+def _gain_batch(gains: list[float], n_tests: int, seed: int = 0):
+    """Datasets whose measured training tests follow y = g x + small noise exactly."""
+    from veloready_pipeline.features_nets import NetDataset
+
+    rng = np.random.default_rng(seed)
+    ci = FEATURE_NAMES_ZONES.index("adapted_ctl_change_since_test")
+    li = FEATURE_NAMES_ZONES.index("adapted_ctl")
+    out = []
+    for k, g in enumerate(gains):
+        X = np.ones((n_tests, N_FEAT), np.float32) * 50
+        change = rng.uniform(-8, 8, n_tests)
+        X[:, ci], X[:, li] = change, 50 + change
+        rel = change / 50
+        last = np.full(n_tests, 250.0)
+        ftp = last * (1 + g * rel + rng.normal(0, 1e-4, n_tests))
+        y = np.outer(ftp, [1, 0.75, 0.91, 1.2]).astype(np.float32)
+        idx = np.arange(n_tests)
+        out.append(NetDataset(f"g{k}", "zones", X, y, np.arange(n_tests).astype("datetime64[D]"),
+                              list(FEATURE_NAMES_ZONES), idx, idx[-1:], idx[-1:], last,
+                              np.ones(n_tests, bool)))
+    return out
+
+
+def test_rider_gains_recover_own_gains_when_the_evidence_is_clear() -> None:
+    from veloready_pipeline.models.zones import rider_gains
+
+    truth = [0.1, 0.2, 0.3, 0.4, 0.25, 0.15]
+    gains, info = rider_gains(_gain_batch(truth, 12))
+    np.testing.assert_allclose(gains, truth, atol=0.03)  # tiny noise: hardly shrunk
+    # Riders who all share one gain: shrunk all the way to the population's.
+    same, info = rider_gains(_gain_batch([0.2] * 6, 12))
+    assert info["load_gain_population"] == pytest.approx(0.2, abs=0.01)
+    np.testing.assert_allclose(same, 0.2, atol=0.01)
+
+
+def test_zone_net_anchor_is_the_last_test_scaled_by_the_load_change() -> None:
+    rng = np.random.default_rng(3)
+    x, _ = _raw_rows(rng, 16)
+    ci = FEATURE_NAMES_ZONES.index("adapted_ctl_change_since_test")
+    li = FEATURE_NAMES_ZONES.index("adapted_ctl")
+    x[:, ci] = rng.uniform(-5, 5, 16)
+    x[:, li] = 60 + x[:, ci]
+    net = _last_test_net()
+    last = x[:, FEATURE_NAMES_ZONES.index("last_test_ftp_w")]
+    np.testing.assert_allclose(predict_zones(net, x)[:, 0], last, rtol=1e-5)
+    net.gain.fill_(0.3)
+    expected = last * (1 + 0.3 * x[:, ci] / 60)
+    np.testing.assert_allclose(predict_zones(net, x)[:, 0], expected, rtol=1e-5)
+    np.testing.assert_allclose(predict_zones(net, x)[:, 2], 0.91 * expected, rtol=1e-5)

@@ -89,9 +89,14 @@ FEATURE_NAMES_ZONES: list[str] = [
     "days_since_test",
     "ctl_change_since_test",
     "adapted_ctl_change_since_test",
+    "adapted_ctl",
 ]
 ZONE_POWER_FEATURES: tuple[int, ...] = tuple(range(len(POWER_DURATIONS_S)))
 ZONE_ANCHOR_FEATURE = FEATURE_NAMES_ZONES.index("last_test_ftp_w")
+# The training-load response anchor (`models.zones.ZoneMLP`): the last test scaled by the
+# relative change of the smoothed CTL since that test.
+ZONE_LOAD_CHANGE_FEATURE = FEATURE_NAMES_ZONES.index("adapted_ctl_change_since_test")
+ZONE_LOAD_LEVEL_FEATURE = FEATURE_NAMES_ZONES.index("adapted_ctl")
 LABEL_NAMES_ZONES: list[str] = ["ftp_w", "z2_ceiling_w", "z4_floor_w", "vo2max_w"]
 LABEL_SHARES_ZONES: tuple[float, ...] = (1.0, Z2_CEILING_SHARE, Z4_FLOOR_SHARE, VO2MAX_SHARE)
 
@@ -227,7 +232,7 @@ def zone_feature_frame(athlete_frame: pd.DataFrame) -> pd.DataFrame:
     adapted = pd.Series(ewma_load(ctl_past.to_numpy(), ADAPTATION_DAYS, float(ctl_past.iloc[0]))
                         if len(ctl_past) else np.array([]), index=cal.index)
     out["adapted_ctl_change_since_test"] = adapted - adapted.where(tested).shift(1).ffill()
-    out["adapted_ctl"] = adapted  # not a network input (diagnostics, bench/zones_ceiling.py)
+    out["adapted_ctl"] = adapted  # today's level: the anchor's denominator (with the change)
     out["ftp_test_w"] = ftp
     return out
 

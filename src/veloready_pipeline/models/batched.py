@@ -127,20 +127,41 @@ def anchored_features(x: torch.Tensor, anchor: int | None, n_ratio: int) -> torc
     return torch.cat([x[..., :n_ratio] / a, x[..., n_ratio:]], dim=-1)
 
 
+LoadAnchor = tuple[int, int, torch.Tensor] | None  # (change index, level index, gain)
+
+
+def anchor_value(x: torch.Tensor, anchor: int, load: LoadAnchor = None) -> torch.Tensor:
+    """The watts a zone output is relative to, ``[..., 1]``.
+
+    Without ``load``: the anchor input (the last tested FTP). With ``load`` =
+    (change index, level index, gain): the training-load response anchor
+    ``last test x (1 + gain x change / (level - change))``, i.e. the last test scaled
+    by the relative change since that test of the smoothed CTL (Banister: performance
+    follows fitness). ``gain`` broadcasts (``[1]`` plain, ``[A, 1, 1]`` batched).
+    """
+    a = x[..., anchor : anchor + 1]
+    if load is None:
+        return a
+    ci, li, gain = load
+    change = x[..., ci : ci + 1]
+    at_test = (x[..., li : li + 1] - change).clamp(min=1.0)
+    return a * (1.0 + gain * change / at_test)
+
+
 def anchored_target(x: torch.Tensor, y: torch.Tensor, anchor: int | None,
-                    shares: torch.Tensor) -> torch.Tensor:
+                    shares: torch.Tensor, load: LoadAnchor = None) -> torch.Tensor:
     """Outputs as relative change from ``anchor x share`` (identity without an anchor)."""
     if anchor is None:
         return y
-    return y / x[..., anchor : anchor + 1] - shares
+    return y / anchor_value(x, anchor, load) - shares
 
 
 def anchored_output(x: torch.Tensor, r: torch.Tensor, anchor: int | None,
-                    shares: torch.Tensor) -> torch.Tensor:
+                    shares: torch.Tensor, load: LoadAnchor = None) -> torch.Tensor:
     """Inverse of `anchored_target`: watts from the predicted relative change."""
     if anchor is None:
         return r
-    return x[..., anchor : anchor + 1] * (shares + r)
+    return anchor_value(x, anchor, load) * (shares + r)
 
 
 class BatchedModule(nn.Module):
@@ -210,6 +231,7 @@ class BatchedMLP(BatchedModule):
         self.template_spec = (type(plain[0]), dict(plain[0].init_kwargs))
         self.anchor = plain[0].anchor_index
         self.n_ratio = plain[0].n_ratio
+        self.load_index = getattr(plain[0], "load_index", None)
         linears = [[m for m in p.net if isinstance(m, nn.Linear)] for p in plain]
         n_layers = len(linears[0])
         self.weights = nn.ParameterList(
@@ -220,14 +242,22 @@ class BatchedMLP(BatchedModule):
             nn.Parameter(torch.stack([ls[k].bias.detach()[None, :] for ls in linears]))
             for k in range(n_layers)
         )
-        for name in ("x_mean", "x_std", "y_mean", "y_std", "shares"):
+        self.buffer_names = ["x_mean", "x_std", "y_mean", "y_std", "shares"]
+        if self.load_index is not None:
+            self.buffer_names.append("gain")
+        for name in self.buffer_names:
             self.register_buffer(name, torch.stack([getattr(p, name).detach() for p in plain]))
+
+    def _load(self, like: torch.Tensor) -> LoadAnchor:
+        if self.load_index is None:
+            return None
+        return (*self.load_index, self._stat("gain", like))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return anchored_features(x, self.anchor, self.n_ratio)
 
     def normalize_y(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        t = anchored_target(x, y, self.anchor, self._stat("shares", y))
+        t = anchored_target(x, y, self.anchor, self._stat("shares", y), self._load(y))
         return (t - self._stat("y_mean", t)) / self._stat("y_std", t)
 
     def forward_normalized(self, xn: torch.Tensor) -> torch.Tensor:
@@ -242,7 +272,7 @@ class BatchedMLP(BatchedModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.forward_normalized(self.normalize_x(x))
         r = out * self._stat("y_std", out) + self._stat("y_mean", out)
-        return anchored_output(x, r, self.anchor, self._stat("shares", r))
+        return anchored_output(x, r, self.anchor, self._stat("shares", r), self._load(r))
 
     def unstack(self, i: int) -> nn.Module:
         """Athlete ``i`` as a plain module of the template's class (eval mode)."""
@@ -252,7 +282,7 @@ class BatchedMLP(BatchedModule):
             for lin, w, b in zip(linears, self.weights, self.biases, strict=True):
                 lin.weight.copy_(w[i].T)
                 lin.bias.copy_(b[i, 0])
-            for name in ("x_mean", "x_std", "y_mean", "y_std", "shares"):
+            for name in self.buffer_names:
                 getattr(plain, name).copy_(getattr(self, name)[i])
         return plain.eval()
 
@@ -804,6 +834,9 @@ class TrainData:
     x_val: np.ndarray
     y_val: np.ndarray
     stats: dict[str, np.ndarray] = field(default_factory=dict)  # x_mean/x_std/y_mean/y_std
+    # Per-athlete buffer values of its personal module (zones: the load anchor's
+    # ``gain``); the population module gets their mean.
+    buffers: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -871,6 +904,7 @@ def attach_stats(family: NetFamily, athletes: Sequence[TrainData]) -> None:
     template = family.make_plain({}, athletes[0].x_train.shape[-1], family.n_out)
 
     def transformed(data: TrainData) -> tuple[np.ndarray, np.ndarray | None]:
+        _set_stats(template, data.buffers)
         with torch.no_grad():
             x = torch.as_tensor(data.x_train, dtype=torch.float32)
             z = template.features(x).numpy()
@@ -899,7 +933,25 @@ def attach_stats(family: NetFamily, athletes: Sequence[TrainData]) -> None:
 def _set_stats(module: nn.Module, stats: dict[str, np.ndarray]) -> None:
     with torch.no_grad():
         for name, value in stats.items():
-            getattr(module, name).copy_(torch.from_numpy(value))
+            getattr(module, name).copy_(torch.as_tensor(np.asarray(value, dtype=np.float32)))
+
+
+def _set_batched_buffers(model: BatchedModule, athletes: Sequence[TrainData]) -> None:
+    """Each athlete's own `TrainData.buffers` into its slot of a batched module."""
+    if not athletes or not athletes[0].buffers:
+        return
+    with torch.no_grad():
+        for name in athletes[0].buffers:
+            getattr(model, name).copy_(torch.stack([
+                torch.as_tensor(np.asarray(a.buffers[name], dtype=np.float32))
+                for a in athletes]))
+
+
+def _mean_buffers(athletes: Sequence[TrainData]) -> dict[str, np.ndarray]:
+    if not athletes or not athletes[0].buffers:
+        return {}
+    return {name: np.mean([np.asarray(a.buffers[name], dtype=np.float32) for a in athletes],
+                          axis=0) for name in athletes[0].buffers}
 
 
 def fit_population(family: NetFamily, athletes: Sequence[TrainData], params: dict[str, Any],
@@ -919,7 +971,7 @@ def fit_population(family: NetFamily, athletes: Sequence[TrainData], params: dic
     )
     module = init_plain(family, params, pooled.x_train.shape[-1], settings.seed,
                         POPULATION_ID, int(params.get("hidden", 0)))
-    _set_stats(module, pooled.stats)
+    _set_stats(module, pooled.stats | _mean_buffers(athletes))
     cfg = fit_config(settings, family.name, {"lr": family.population_lr,
                                              "weight_decay": family.population_weight_decay},
                      family.loss)
@@ -1021,6 +1073,7 @@ def tune_batched(
             populations[arch] = fit_population(family, athletes, params, settings)
             pop_seconds += time.perf_counter() - t0
         model = family.batched_cls([populations[arch][0]] * a_count)
+        _set_batched_buffers(model, athletes)
         cfg = fit_config(settings, family.name, params, family.loss)
 
         def report(step: int, value: float, trial: optuna.Trial = trial) -> bool:
@@ -1141,6 +1194,7 @@ def replay_naive(
             module = _clone_template((type(populations[arch]),
                                       dict(populations[arch].init_kwargs)))
             module.load_state_dict(populations[arch].state_dict())
+            _set_stats(module, data.buffers)
             module, val, epoch = fit_single(module, data.x_train, data.y_train, data.x_val,
                                             data.y_val, cfg, max_epochs=rec.epochs_run)
             history[i].append(val)
@@ -1192,7 +1246,7 @@ def tune_single(family: NetFamily, data: TrainData, settings: Settings) -> Tuned
         params = suggest(trial, space)
         module = init_plain(family, params, data.x_train.shape[-1], settings.seed,
                             data.athlete_id, number)
-        _set_stats(module, data.stats)
+        _set_stats(module, data.stats | data.buffers)
         cfg = fit_config(settings, family.name, params, family.loss)
         cfg.max_epochs = settings.tuning.population_max_epochs
         pruned = False
@@ -1256,12 +1310,17 @@ def train_family(
     settings: Settings,
     warm_starts: Mapping[str, dict[str, Any]] | None,
     evaluate: Evaluator,
+    prepare: Callable[[Sequence[NetDataset]], list[TrainData]] | None = None,
 ) -> dict[str, FamilyResult]:
     """Batch, tune, unstack and evaluate every athlete of one network family.
 
     Athletes with a ``skip_reason`` get a ``skipped`` result. The others are trained
     in batches of ``settings.execution.chunk_size`` (bounded memory); ``evaluate``
-    scores each unstacked module on its athlete's untouched test part.
+    scores each unstacked module on its athlete's untouched test part. ``prepare``
+    turns a batch's datasets into the rows trained on (default `train_data`: every
+    training/validation row). A pick whose best epoch is 0 kept the population network
+    (no fine-tune beat it on the athlete's validation rows): ``params["source"]`` says
+    ``population`` or ``personal``.
     """
     torch.set_num_threads(settings.execution.torch_threads)
     results: dict[str, FamilyResult] = {}
@@ -1273,7 +1332,8 @@ def train_family(
     for start in range(0, len(ready), size):
         batch = ready[start : start + size]
         key = f"{batch[0].athlete_id}..{batch[-1].athlete_id}:{len(batch)}"
-        picks, summary = tune_batched(family, [train_data(ds) for ds in batch], settings,
+        data = prepare(batch) if prepare is not None else [train_data(ds) for ds in batch]
+        picks, summary = tune_batched(family, data, settings,
                                       batch_key=key,
                                       warm_start=_warm_params(batch, warm_starts))
         summary["trials"] = [asdict(r) for r in summary["trials"]]  # JSON-friendly
@@ -1287,6 +1347,8 @@ def train_family(
                 status="trained",
                 model=pick.model,
                 params=pick.params | {"trial": pick.trial, "best_epoch": pick.best_epoch,
+                                      "source": ("population" if pick.best_epoch == 0
+                                                 else "personal"),
                                       "n_trials": summary["n_trials"],
                                       "sampler": summary["sampler"]},
                 metrics=metrics,

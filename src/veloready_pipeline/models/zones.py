@@ -19,7 +19,8 @@ baseline "FTP stays at the last test" on the same rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,8 @@ from veloready_pipeline.features_nets import (
     LABEL_NAMES_ZONES,
     LABEL_SHARES_ZONES,
     ZONE_ANCHOR_FEATURE,
+    ZONE_LOAD_CHANGE_FEATURE,
+    ZONE_LOAD_LEVEL_FEATURE,
     ZONE_POWER_FEATURES,
     NetDataset,
     estimate_ftp_test_noise_pct,
@@ -40,7 +43,9 @@ from veloready_pipeline.gates import regression_metrics
 from veloready_pipeline.models.batched import (
     BatchedMLP,
     FamilyResult,
+    LoadAnchor,
     NetFamily,
+    TrainData,
     anchored_features,
     anchored_output,
     anchored_target,
@@ -66,18 +71,31 @@ class ZoneMLP(nn.Module):
     def __init__(self, n_in: int = len(FEATURE_NAMES_ZONES), hidden: int = 32,
                  n_out: int = len(LABEL_NAMES_ZONES),
                  anchor_index: int | None = ZONE_ANCHOR_FEATURE,
-                 n_ratio: int = len(ZONE_POWER_FEATURES)) -> None:
+                 n_ratio: int = len(ZONE_POWER_FEATURES),
+                 load_index: tuple[int, int] | None = (ZONE_LOAD_CHANGE_FEATURE,
+                                                       ZONE_LOAD_LEVEL_FEATURE)) -> None:
         super().__init__()
         self.init_kwargs = {"n_in": n_in, "hidden": hidden, "n_out": n_out,
-                            "anchor_index": anchor_index, "n_ratio": n_ratio}
+                            "anchor_index": anchor_index, "n_ratio": n_ratio,
+                            "load_index": load_index}
         self.anchor_index = anchor_index
         self.n_ratio = n_ratio
+        self.load_index = tuple(load_index) if load_index is not None else None
+        # The rider's FTP gain on a relative change of smoothed CTL (see `rider_gains`);
+        # 0 = the plain last test. A buffer: exported with the weights.
+        self.register_buffer("gain", torch.zeros(1))
         layers: list[nn.Module] = []
         width = n_in
         for _ in range(N_HIDDEN_LAYERS):
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
-        layers.append(nn.Linear(width, n_out))
+        head = nn.Linear(width, n_out)
+        # Start at the anchor: a fresh net outputs zero change (plus the pooled mean
+        # residual), so an early-stopped fit that never beat its start is the anchor
+        # itself, never a random perturbation of it.
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        layers.append(head)
         self.net = nn.Sequential(*layers)
         shares = LABEL_SHARES_ZONES if n_out == len(LABEL_SHARES_ZONES) else (1.0,) * n_out
         self.register_buffer("shares", torch.tensor(shares, dtype=torch.float32))
@@ -89,8 +107,13 @@ class ZoneMLP(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return anchored_features(x, self.anchor_index, self.n_ratio)
 
+    def _load(self) -> LoadAnchor:
+        if self.load_index is None:
+            return None
+        return (self.load_index[0], self.load_index[1], self.gain)
+
     def target(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return anchored_target(x, y, self.anchor_index, self.shares)
+        return anchored_target(x, y, self.anchor_index, self.shares, self._load())
 
     def normalize_x(self, x: torch.Tensor) -> torch.Tensor:
         return (self.features(x) - self.x_mean) / self.x_std
@@ -103,7 +126,7 @@ class ZoneMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.forward_normalized(self.normalize_x(x)) * self.y_std + self.y_mean
-        return anchored_output(x, r, self.anchor_index, self.shares)
+        return anchored_output(x, r, self.anchor_index, self.shares, self._load())
 
 
 def make_zone_mlp(params: Mapping[str, Any], n_in: int, n_out: int) -> ZoneMLP:
@@ -192,6 +215,78 @@ def pooled_zone_metrics(results: Iterable[Any], datasets: Iterable[NetDataset],
     return out
 
 
+def _load_change(X: np.ndarray) -> np.ndarray:
+    """Relative change of smoothed CTL since the last test (the anchor's input)."""
+    change = X[:, ZONE_LOAD_CHANGE_FEATURE].astype(float)
+    return change / np.maximum(X[:, ZONE_LOAD_LEVEL_FEATURE].astype(float) - change, 1.0)
+
+
+def rider_gains(batch: Sequence[NetDataset]) -> tuple[np.ndarray, dict[str, float]]:
+    """Each rider's FTP gain on load, from their own training-part tests, shrunk to
+    the batch's population gain (empirical Bayes).
+
+    On every measured training test: ``x`` = relative change of smoothed CTL since the
+    previous test, ``y`` = test / previous test - 1. Population gain ``G`` = least
+    squares through the origin over all riders; residual variance ``s2`` around it.
+    Between-rider variance ``t2``: the DerSimonian-Laird moment estimate over the riders'
+    raw gains ``sum xy / sum x^2`` with precisions ``sum x^2 / s2`` (floored at 0). Each rider:
+    ``(sum xy + L G) / (sum x^2 + L)`` with ``L = s2 / t2`` (infinite when t2 = 0:
+    everyone gets ``G``), clipped to [0, 1] (fitness never lowers FTP). Uses the
+    training parts only; no simulator parameter.
+    """
+    sxy, sxx, xs, ys = [], [], [], []
+    for ds in batch:
+        m = ds.train_idx[ds.measured[ds.train_idx]]
+        x = _load_change(ds.X[m])
+        y = ds.y[m, 0].astype(float) / ds.baseline[m].astype(float) - 1.0
+        sxy.append(float(x @ y))
+        sxx.append(float(x @ x))
+        xs.append(x)
+        ys.append(y)
+    sxy_a, sxx_a = np.array(sxy), np.array(sxx)
+    total = float(sxx_a.sum())
+    g_pop = float(sxy_a.sum() / total) if total > 0 else 0.0
+    x_all, y_all = np.concatenate(xs), np.concatenate(ys)
+    s2 = float(np.mean((y_all - g_pop * x_all) ** 2)) if len(x_all) else 0.0
+    has = sxx_a > 0
+    t2 = 0.0
+    if has.sum() >= 2 and s2 > 0:
+        # DerSimonian-Laird: each raw gain weighted by its precision sum x^2 / s2, so a
+        # rider whose load barely moved (a wild raw gain) counts for little.
+        raw = sxy_a[has] / sxx_a[has]
+        w = sxx_a[has] / s2
+        q = float(np.sum(w * (raw - g_pop) ** 2))
+        t2 = max((q - (len(w) - 1)) / float(w.sum() - np.sum(w**2) / w.sum()), 0.0)
+    lam = s2 / t2 if t2 > 0 else math.inf
+    gains = (np.full(len(batch), g_pop) if math.isinf(lam)
+             else (sxy_a + lam * g_pop) / (sxx_a + lam))
+    info = {"load_gain_population": g_pop, "load_gain_shrinkage": lam,
+            "load_gain_between_sd": math.sqrt(t2)}
+    return np.clip(gains, 0.0, 1.0), info
+
+
+def measured_train_data(batch: Sequence[NetDataset]) -> list[TrainData]:
+    """What a zone net learns from: each rider's *measured* FTP tests only.
+
+    Training rows are the training part's measured tests (an interpolated day shares a
+    test's noise with its neighbours, so 30 of them weigh like one test and teach the
+    net the interpolation); validation rows are the validation part's measured tests
+    (its last row is always one: the validation/test cut is a test day). A rider
+    without a measured training test keeps their last training row. Each rider's
+    module gets their own load gain (`rider_gains`) as its ``gain`` buffer.
+    """
+    gains, _ = rider_gains(batch)
+    out = []
+    for ds, g in zip(batch, gains, strict=True):
+        tr = ds.train_idx[ds.measured[ds.train_idx]]
+        va = ds.val_idx[ds.measured[ds.val_idx]]
+        tr = tr if len(tr) else ds.train_idx[-1:]
+        va = va if len(va) else ds.val_idx[-1:]
+        out.append(TrainData(ds.athlete_id, ds.X[tr], ds.y[tr], ds.X[va], ds.y[va],
+                             buffers={"gain": np.array([g], dtype=np.float32)}))
+    return out
+
+
 def train_zone_models(
     datasets: Mapping[str, NetDataset],
     settings: Settings,
@@ -208,4 +303,9 @@ def train_zone_models(
         settings: seed, tuning (sampler, trials, space, epochs), execution threads.
         warm_starts: athlete id -> last week's best params (enqueued as first trials).
     """
-    return train_family(ZONE_FAMILY, datasets, settings, warm_starts, evaluate_zone_model)
+    results = train_family(ZONE_FAMILY, datasets, settings, warm_starts, evaluate_zone_model,
+                           prepare=measured_train_data)
+    for r in results.values():
+        if r.model is not None:
+            r.params["load_gain"] = float(r.model.gain.item())
+    return results
