@@ -27,6 +27,7 @@ from veloready_pipeline.features_nets import (
     warning_signs,
 )
 from veloready_pipeline.schema import POWER_COLUMNS
+from veloready_pipeline.simulate import simulate_athletes
 
 
 def net_athlete(athlete_id: str = "n1", days: int = 150, seed: int = 0,
@@ -376,3 +377,24 @@ def test_ftp_test_noise_needs_enough_triples() -> None:
     short = [make_zone_dataset(_linear_ftp_rider(s, 2.0, days=75)) for s in range(2)]
     noise, triples = estimate_ftp_test_noise_pct(short)
     assert triples < MIN_NOISE_TRIPLES and np.isnan(noise)
+
+
+def test_injury_inputs_carry_the_warning_signs_and_prior_injury() -> None:
+    # The six warning signs (as the rule score counts them), their 7-day shares and
+    # the prior-injury inputs are network inputs, computed from past days only.
+    from veloready_pipeline.features_nets import WARNING_SIGN_NAMES, injury_daily_frame
+
+    frame = simulate_athletes(1, 120, seed=3).frame
+    d = injury_daily_frame(frame)
+    signs = warning_signs(frame)
+    for name in WARNING_SIGN_NAMES:
+        assert name in FEATURE_NAMES_INJURY and f"{name}_share_7d" in FEATURE_NAMES_INJURY
+        np.testing.assert_array_equal(d[name].to_numpy(), signs[name].to_numpy())
+        np.testing.assert_allclose(d[f"{name}_share_7d"].iloc[6],
+                                   signs[name].iloc[:7].mean())
+    np.testing.assert_allclose(d[list(WARNING_SIGN_NAMES)].sum(axis=1),
+                               warning_sign_score(frame))
+    since = d["days_since_injury"].to_numpy()
+    np.testing.assert_array_equal(d["injured_last_14d"].to_numpy(), since < 14)
+    onsets = (d["injury"].fillna(0) > 0.5).cumsum().to_numpy()
+    np.testing.assert_array_equal(d["injuries_180d"].to_numpy(), onsets)  # < 180 days

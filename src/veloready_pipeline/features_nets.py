@@ -100,6 +100,16 @@ ZONE_LOAD_LEVEL_FEATURE = FEATURE_NAMES_ZONES.index("adapted_ctl")
 LABEL_NAMES_ZONES: list[str] = ["ftp_w", "z2_ceiling_w", "z4_floor_w", "vo2max_w"]
 LABEL_SHARES_ZONES: tuple[float, ...] = (1.0, Z2_CEILING_SHARE, Z4_FLOOR_SHARE, VO2MAX_SHARE)
 
+INJURY_HISTORY_DAYS = 180  # "prior injuries" counts onsets over this many days
+WARNING_SIGN_NAMES: tuple[str, ...] = (
+    "ctl_ramp_gt_5_per_week",
+    "tsb_below_minus20_over_7_days",
+    "hrv_falling_gt_10pct_7d",
+    "rhr_rising_gt_5pct_7d",
+    "sleep_below_70_over_3_days",
+    "acwr_gt_1_5",
+)
+
 FEATURE_NAMES_INJURY: list[str] = [
     "tss",
     "ctl",
@@ -112,6 +122,18 @@ FEATURE_NAMES_INJURY: list[str] = [
     "sleep_score",
     "recovery_score",
     "days_since_injury",
+    # The design's six warning signs as the app computes them (0/1), each also as its
+    # share of the last 7 days: a spike raises the risk over the following week.
+    *WARNING_SIGN_NAMES,
+    *(f"{s}_share_7d" for s in WARNING_SIGN_NAMES),
+    "hrv_7d_change_pct",  # HRV suppression: this week's mean vs last week's
+    "rhr_7d_change_pct",
+    "tsb_days_below_minus20",
+    "sleep_days_below_70",
+    "sleep_debt_7d",  # own 28-day sleep-score baseline minus the last 7 days' mean
+    "injured_last_14d",  # prior injury: an onset within the last 14 days (layoff)
+    "injured_15_to_45d",  # ... 15-45 days ago (back from a layoff, re-injury window)
+    f"injuries_{INJURY_HISTORY_DAYS}d",  # onsets within the last 180 days
 ]
 
 MIN_FTP_TESTS = 3  # two test-to-test intervals: train+validation, then test
@@ -452,6 +474,20 @@ def injury_daily_frame(athlete_frame: pd.DataFrame) -> pd.DataFrame:
         count = 0.0 if started else min(count + 1.0, INJURY_MEMORY_DAYS)
         since[i] = count
     out["days_since_injury"] = since  # day t counts an onset on day t itself (it is past)
+    # Sleep debt: how far the last week's sleep score fell below the athlete's own
+    # 28-day baseline before it (positive = debt).
+    sleep = out["sleep_score"]
+    sleep_base = sleep.shift(7).rolling(BASELINE_DAYS, min_periods=5).mean()
+    out["sleep_debt_7d"] = sleep_base - sleep.rolling(7, min_periods=3).mean()
+    onsets = pd.Series(onset.astype(float), index=cal.index)
+    out["injured_last_14d"] = (since < 14).astype(float)
+    out["injured_15_to_45d"] = ((since >= 14) & (since < 45)).astype(float)
+    out[f"injuries_{INJURY_HISTORY_DAYS}d"] = onsets.rolling(INJURY_HISTORY_DAYS,
+                                                             min_periods=1).sum()
+    signs = _signs_of(out)
+    for name in WARNING_SIGN_NAMES:
+        out[name] = signs[name]
+        out[f"{name}_share_7d"] = signs[name].rolling(7, min_periods=1).mean()
     out["injury"] = injury
     return out
 
@@ -466,14 +502,7 @@ def _run_length(flag: pd.Series) -> np.ndarray:
     return runs
 
 
-WARNING_SIGNS: tuple[str, ...] = (
-    "ctl_ramp_gt_5_per_week",
-    "tsb_below_minus20_over_7_days",
-    "hrv_falling_gt_10pct_7d",
-    "rhr_rising_gt_5pct_7d",
-    "sleep_below_70_over_3_days",
-    "acwr_gt_1_5",
-)
+WARNING_SIGNS: tuple[str, ...] = WARNING_SIGN_NAMES
 
 
 def warning_signs(athlete_frame: pd.DataFrame) -> pd.DataFrame:
