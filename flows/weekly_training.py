@@ -12,7 +12,8 @@ Stages (each a Prefect task over chunks of athletes):
                  run pauses for a reviewer (Prefect UI form or `veloready registry review`)
 5. export      - Core ML (+ quantized variants for networks) and ONNX of new versions
 6. publish     - signed OTA manifest per athlete advertising each family's champion
-7. report      - gate table artifact and the run summary JSON
+7. report      - gate table and evaluation report (Prefect artifacts, MLflow run) and
+                 the run summary JSON
 """
 
 from __future__ import annotations
@@ -230,13 +231,6 @@ def weekly_training(
     summary["pooled"] = report.get("pooled_metrics", {})
     pipeline.atomic_write_text(out, json.dumps(summary, indent=2, default=str))
     create_markdown_artifact(
-        key="gate-table",
-        markdown="# Weekly training gate table\n\n"
-        + "\n".join(f"- **{f}**: {c}" for f, c in counts.items())
-        + "\n\n" + pipeline.gate_table_markdown(rows),
-        description=f"Gate verdicts of {len(rows)} athlete models",
-    )
-    create_markdown_artifact(
         key="data-notes", markdown=data_notes_markdown(outcome.note_counts(), data_notes),
         description="Masked values, dropped rows and every other data note of this run",
     )
@@ -269,33 +263,18 @@ def weekly_training_backfill(
     """
     logger = get_run_logger()
     settings = settings or load_settings()
-    day = dt.date.fromisoformat(start)
-    last = dt.date.fromisoformat(end)
-    if last < day:
-        raise ValueError(f"backfill end {end} is before start {start}")
     window = pipeline.data_window(pipeline.load_data(settings, data).frame)
-    dates = []
-    while day <= last:
-        dates.append(day)
-        day += dt.timedelta(days=every_days)
-    if window is None:
-        raise pipeline.NoDataError("backfill: the data holds no dated rows")
-    first, latest = dt.date.fromisoformat(window[0]), dt.date.fromisoformat(window[1])
-    before = [d for d in dates if d < first]
-    dates = [d for d in dates if d >= first]
-    if not dates:
-        raise pipeline.NoDataError(
-            f"backfill {start}..{end}: every as-of date is before the data, which covers "
-            f"{window[0]}..{window[1]}; pick dates in that range")
+    dates, before = pipeline.backfill_dates(start, end, every_days, window)
+    first, latest = window  # backfill_dates refused a window-less data set
     if before:
         logger.warning("backfill: %d as-of date(s) before the data's first day %s skipped "
-                       "(%s); the data covers %s..%s", len(before), window[0],
-                       ", ".join(d.isoformat() for d in before), window[0], window[1])
-    if dates[-1] > latest:
+                       "(%s); the data covers %s..%s", len(before), first,
+                       ", ".join(d.isoformat() for d in before), first, latest)
+    if dates[-1].isoformat() > latest:
         logger.warning("backfill: as-of dates after the data's last day %s see the same "
-                       "rows as %s", window[1], window[1])
+                       "rows as %s", latest, latest)
     logger.info("backfill: %d as-of run(s) from %s to %s every %d days (data %s..%s)",
-                len(dates), dates[0], dates[-1], every_days, window[0], window[1])
+                len(dates), dates[0], dates[-1], every_days, first, latest)
     out = []
     for day in dates:
         summary = weekly_training(settings=settings, data=data, as_of=day.isoformat(),

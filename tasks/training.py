@@ -68,11 +68,12 @@ def register_models(results: list[ModelResult], settings: Settings, data_hash: s
     ``known_runs`` (a `registry.KnownRuns`) carries the runs already logged under
     ``data_hash`` from one chunk's call to the next.
     """
-    from veloready_pipeline.registry import register_results, residual_svg
+    from veloready_pipeline.plots import model_svg
+    from veloready_pipeline.registry import register_results
 
-    # Residual plots as hand-written SVG (the MLflow UI previews it) for every model.
+    # Test-part plots with axes as hand-written SVG (the MLflow UI previews it), every model.
     outcomes = register_results(results, settings, data_hash=data_hash, lineage=lineage,
-                                score_fn=pipeline.score_model, plot_fn=residual_svg,
+                                score_fn=pipeline.score_model, plot_fn=model_svg,
                                 workdir=workdir, known_runs=known_runs)
     for out in outcomes:
         if out.version is not None:
@@ -115,16 +116,34 @@ def publish_ota(exports: dict[tuple[str, str], dict[str, Any]], outcomes: list[A
 
 @task(name="write-report", cache_policy=NO_CACHE)
 def write_report(summary: dict[str, Any], out_dir: Path, settings: Settings) -> dict[str, Any]:
-    """Evaluation report (Markdown + HTML + plots), logged to MLflow and linked in Prefect."""
-    from prefect.artifacts import create_link_artifact
+    """Evaluation report (Markdown + HTML + plots) logged to MLflow; the gate table and
+    the report's content as Prefect Markdown artifacts, linking to the MLflow UI."""
+    from prefect.artifacts import create_markdown_artifact
 
-    from veloready_pipeline.registry import log_report
-    from veloready_pipeline.report import build_report, pooled_metrics
+    from veloready_pipeline.registry import EXPERIMENT, configure_mlflow, log_report
+    from veloready_pipeline.report import build_report, pooled_metrics, prefect_report_markdown
 
     paths = build_report(summary, out_dir)
     run_id = log_report(settings, out_dir, summary.get("flow_run_id", "local"))
-    create_link_artifact(key="evaluation-report", link=paths["html"].resolve().as_uri(),
-                         link_text=f"evaluation report ({paths['html']})",
-                         description=f"MLflow run {run_id} holds the same page")
+    experiment = configure_mlflow(settings).get_experiment_by_name(EXPERIMENT)
+    exp_id = experiment.experiment_id if experiment is not None else None
+    base = settings.ui.mlflow_url
+    report_url = pipeline.mlflow_run_url(base, exp_id, run_id)
+    rows, counts = summary["rows"], summary["counts"]
+    create_markdown_artifact(
+        key="gate-table",
+        markdown="# Weekly training gate table\n\n" + pipeline.counts_markdown(counts)
+        + "\n\nVersions and runs link to the MLflow UI at " + base
+        + " (`ui.mlflow_url`); the full evaluation report is the `evaluation-report` "
+        "artifact.\n\n"
+        + pipeline.gate_table_markdown(rows, mlflow_url=base, experiment_id=exp_id),
+        description=f"Gate verdicts of {len(rows)} athlete models: "
+        + pipeline.counts_text(counts),
+    )
+    create_markdown_artifact(
+        key="evaluation-report", markdown=prefect_report_markdown(summary, report_url),
+        description=f"Evaluation report; full page with plots in MLflow run {run_id}")
+    log.info("report: %s (MLflow run %s)", paths["html"], report_url or run_id)
     return {"html": str(paths["html"]), "markdown": str(paths["markdown"]),
-            "mlflow_run_id": run_id, "pooled_metrics": pooled_metrics(summary["rows"])}
+            "mlflow_run_id": run_id, "mlflow_run_url": report_url,
+            "pooled_metrics": pooled_metrics(summary["rows"])}

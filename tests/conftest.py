@@ -15,6 +15,10 @@ os.environ.setdefault("PREFECT_HOME", str(_SESSION_HOME / "prefect"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# The pipeline's INFO logs still reach the API (tests read them there), but the console
+# shows warnings only: Prefect re-creates its console handler on the stream of the moment
+# (inside a CliRunner.invoke that stream is closed afterwards), and quiet test output.
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 os.environ["VELOREADY_HOME"] = str(_SESSION_HOME / "home")
 os.environ.pop("VELOREADY_CONFIG", None)
 os.environ.pop("OPENAI_API_KEY", None)

@@ -215,7 +215,8 @@ def test_pooled_metrics_concatenate_test_parts() -> None:
                       extra={"train_event_rate": 0.1})
     skipped = FamilyResult("c", "injury", "skipped")
     m = pooled_injury_metrics([r1, r2, skipped])
-    assert m["pooled_auroc"] == 1.0 and m["pooled_n_rows"] == 4 and m["pooled_n_events"] == 1
+    assert m["pooled_auroc"] == 1.0 and m["pooled_n_rows"] == 4
+    assert m["pooled_positive_label_days"] == 1
     assert m["pooled_n_onsets"] == 1
     assert m["pooled_brier"] == pytest.approx(np.mean([0.01, 0.01, 0.04, 0.09]))
     assert m["pooled_base_rate_brier"] == pytest.approx(np.mean([0.25, 0.25, 0.01, 0.01]))

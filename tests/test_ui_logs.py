@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,18 +43,19 @@ def _flow_run_logs(api: str, flow_run_ids: list[str]) -> list[dict]:
             return logs
 
 
-def test_pipeline_info_logs_reach_a_prefect_server(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
+    """`prefect server start` on SQLite in its own PREFECT_HOME and a free port; yields
+    the API URL and the environment a client process needs."""
     import httpx
 
-    sim = simulate_athletes(n_athletes=3, days=130, seed=3, profile="easy")
-    data = tmp_path / "athletes.parquet"
-    sim.frame.to_parquet(data)
+    home = tmp_path_factory.mktemp("prefect-server")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"),
+    env |= {"PREFECT_HOME": str(home / "prefect-home"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_UI_ENABLED": "false"}
-    log = (tmp_path / "server.log").open("w")
+    log = (home / "server.log").open("w")
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
          "127.0.0.1", "--port", str(port)],
@@ -62,7 +64,7 @@ def test_pipeline_info_logs_reach_a_prefect_server(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 300
         while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert server.poll() is None, (home / "server.log").read_text()[-3000:]
             try:
                 if httpx.get(f"{api}/health", timeout=5).status_code == 200:
                     break
@@ -70,20 +72,7 @@ def test_pipeline_info_logs_reach_a_prefect_server(tmp_path: Path) -> None:
                 pass
             assert time.monotonic() < deadline, "Prefect server did not become healthy"
             time.sleep(0.5)
-        summary = tmp_path / "summary.json"
-        client_env = env | {"PREFECT_API_URL": api, "VELOREADY_HOME": str(tmp_path / "home"),
-                            "VELOREADY_TUNING__N_TRIALS": "2"}
-        run = subprocess.run(
-            [str(Path(sys.executable).parent / "veloready"), "train", "--data", str(data),
-             "--families", "recovery", "--summary-json", str(summary)],
-            env=client_env, capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stderr[-3000:]
-        flow_run_id = json.loads(summary.read_text())["flow_run_id"]
-        # the training sub-flow's logs belong to its own flow run
-        runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=30).json()
-        ids = [r["id"] for r in runs]
-        assert flow_run_id in ids
-        logs = _flow_run_logs(api, ids)
+        yield api, env | {"PREFECT_API_URL": api}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -92,6 +81,31 @@ def test_pipeline_info_logs_reach_a_prefect_server(tmp_path: Path) -> None:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
         log.close()
+
+
+def test_pipeline_info_logs_reach_a_prefect_server(prefect_server, tmp_path: Path) -> None:
+    import httpx
+
+    api, client_env = prefect_server
+    sim = simulate_athletes(n_athletes=3, days=130, seed=3, profile="easy")
+    data = tmp_path / "athletes.parquet"
+    sim.frame.to_parquet(data)
+    summary = tmp_path / "summary.json"
+    client_env = client_env | {"VELOREADY_HOME": str(tmp_path / "home"),
+                               "VELOREADY_TUNING__N_TRIALS": "2"}
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "veloready"), "train", "--data", str(data),
+         "--families", "recovery", "--summary-json", str(summary)],
+        env=client_env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    flow_run_id = json.loads(summary.read_text())["flow_run_id"]
+    # the training sub-flow's logs belong to its own flow run
+    runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=30).json()
+    ids = [r["id"] for r in runs]
+    assert flow_run_id in ids
+    logs = _flow_run_logs(api, ids)
+    artifacts = httpx.post(f"{api}/artifacts/filter", timeout=30, json={
+        "artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}).json()
 
     ours = [x for x in logs if x["name"].startswith("veloready_pipeline")]
     messages = [x["message"] for x in ours]
@@ -111,6 +125,20 @@ def test_pipeline_info_logs_reach_a_prefect_server(tmp_path: Path) -> None:
     assert not [x for x in logs if x["name"].startswith(("prefect.", "prefect")) and
                 not x["name"].startswith(("prefect.flow_runs", "prefect.task_runs"))]
     print(f"{len(logs)} log lines stored for the run, {len(ours)} from veloready_pipeline")
+
+    # the run's artifacts: readable Markdown linking to the MLflow UI
+    by_key = {a["key"]: a for a in artifacts}
+    assert {"gate-table", "evaluation-report"} <= set(by_key), sorted(by_key)
+    gate, report = by_key["gate-table"]["data"], by_key["evaluation-report"]["data"]
+    assert by_key["evaluation-report"]["type"] == "markdown"
+    for text in (gate, report):
+        assert "nan" not in text.lower().replace("nano", "")
+        assert "{'" not in text and "file://" not in text
+    assert "| recovery | 3 |" in gate  # counts as a table, not a dict
+    assert "http://127.0.0.1:5000/#/models/veloready-recovery-sim-0001/versions/1" in gate
+    assert "http://127.0.0.1:5000/#/experiments/" in gate
+    assert "## Pooled figures" in report and "[MLflow run of this report](" in report
+    print("artifacts:", sorted(by_key))
 
 
 def test_pipeline_logs_reach_the_local_api(prefect_api, tmp_path, monkeypatch) -> None:
@@ -148,3 +176,43 @@ def test_pipeline_logs_reach_the_local_api(prefect_api, tmp_path, monkeypatch) -
     assert any(m.startswith("ingest: ") and str(data) in m for m in messages), messages
     assert any(m.startswith("validate: 2 athletes checked") for m in messages), messages
     assert any(m.startswith("publish: ") for m in messages), messages
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_serve_stops_cleanly_on_a_signal(prefect_server, tmp_path, sig) -> None:
+    """`python -m deployments.serve` registers the deployments, then SIGINT (Ctrl-C) or
+    SIGTERM stops it: exit 0, schedules paused, no "coroutine ... never awaited"."""
+    import httpx
+
+    api, env = prefect_server
+    root = Path(__file__).resolve().parents[1]
+    env = env | {"VELOREADY_HOME": str(tmp_path), "PYTHONWARNINGS": "default",
+                 "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])}
+    proc = subprocess.Popen([sys.executable, "-m", "deployments.serve"], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # a real terminal's Ctrl-C: SIGINT not ignored in the child
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 240
+        names: set[str] = set()
+        while time.monotonic() < deadline and len(names) < 5:
+            assert proc.poll() is None, proc.stdout.read()
+            deps = httpx.post(f"{api}/deployments/filter", json={}, timeout=30).json()
+            names = {f"{d['flow_id']}/{d['name']}" for d in deps if not d["paused"]}
+            time.sleep(1)
+        assert len(names) == 5, names
+        time.sleep(2)  # the runner polls at least once
+        started = time.monotonic()
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=120)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert f"{sig.name} received: stopped serving" in out, out
+    assert "never awaited" not in out and "Traceback" not in out, out
+    deps = httpx.post(f"{api}/deployments/filter", json={}, timeout=30).json()
+    assert deps and all(d["paused"] for d in deps)
+    print(f"{sig.name}: exit 0 after {took:.1f} s")

@@ -449,6 +449,20 @@ class MonitoringSettings(_Section):
     )
 
 
+class UISettings(BaseModel):
+    """Where people look at the runs: links in artifacts and the README's UI commands."""
+
+    mlflow_url: str = Field(
+        default="http://127.0.0.1:5000",
+        description="base URL of the MLflow UI (`mlflow ui --port 5000`) used for links to "
+                    "runs and model versions in the Prefect artifacts",
+    )
+    mlflow_port: int = Field(default=5000, ge=1, le=65535, description="`mlflow ui --port`")
+    prefect_port: int = Field(
+        default=4200, ge=1, le=65535,
+        description="`prefect server start --port` (PREFECT_SERVER_API_PORT)")
+
+
 class Settings(BaseSettings):
     """The whole pipeline's configuration."""
 
@@ -493,6 +507,7 @@ class Settings(BaseSettings):
     )
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    ui: UISettings = Field(default_factory=UISettings)
 
     @field_validator("families")
     @classmethod

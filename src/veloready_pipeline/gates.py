@@ -33,19 +33,27 @@ class Check:
         return self.value - self.threshold
 
     def describe(self) -> str:
+        """'rmse 9.100 >= 8.000 (misses by 1.100)'; an undefined value reads 'undefined'."""
+        count = "events" in self.name  # counts read as counts: "8 < 10"
+        v, t = _num(self.value, count), _num(self.threshold, count)
+        m = _num(abs(self.margin), count)
         if self.op in ("beats", "beats_higher"):
             word = "beats" if self.passed else "does not beat"
-            return (
-                f"{self.name}: model {self.value:.3f} {word} baseline {self.threshold:.3f}"
-                f" (by {abs(self.margin):.3f})"
-            )
+            if not (np.isfinite(self.value) and np.isfinite(self.threshold)):
+                return f"{self.name}: model {v}, baseline {t}: not comparable"
+            return f"{self.name}: model {v} {word} baseline {t} (by {m})"
         if self.passed:
-            return f"{self.name} {self.value:.3f} {self.op} {self.threshold:.3f}"
+            return f"{self.name} {v} {self.op} {t}"
+        if not np.isfinite(self.value):
+            return f"{self.name} {v} (needs {self.op} {t})"
         neg = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}[self.op]
-        return (
-            f"{self.name} {self.value:.3f} {neg} {self.threshold:.3f} "
-            f"(misses by {abs(self.margin):.3f})"
-        )
+        return f"{self.name} {v} {neg} {t} (misses by {m})"
+
+
+def _num(x: float, count: bool = False) -> str:
+    if x is None or not np.isfinite(x):
+        return "undefined"
+    return f"{x:.0f}" if count and float(x).is_integer() else f"{x:.3f}"
 
 
 @dataclass

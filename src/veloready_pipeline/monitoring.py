@@ -483,12 +483,13 @@ def log_live_metrics(settings: Settings, daily: pd.DataFrame, statuses: Sequence
     Returns:
         athlete id -> MLflow run id.
     """
-    from veloready_pipeline.registry import configure_mlflow
+    from veloready_pipeline.registry import TRAINING_EXPERIMENT_TAGS, configure_mlflow
 
     client = client or configure_mlflow(settings)
     exp = client.get_experiment_by_name(EXPERIMENT)
     exp_id = (exp.experiment_id if exp is not None else client.create_experiment(
-        EXPERIMENT, artifact_location=f"{settings.mlflow_artifact_root()}/{EXPERIMENT}"))
+        EXPERIMENT, artifact_location=f"{settings.mlflow_artifact_root()}/{EXPERIMENT}",
+        tags=TRAINING_EXPERIMENT_TAGS))
     existing: dict[str | None, Any] = {}
     token = None
     while True:

@@ -104,11 +104,28 @@ def configure_mlflow(settings: Settings) -> MlflowClient:
     if experiment is None:
         root = settings.mlflow_artifact_root()
         try:
-            client.create_experiment(EXPERIMENT, artifact_location=f"{root}/{EXPERIMENT}")
+            client.create_experiment(EXPERIMENT, artifact_location=f"{root}/{EXPERIMENT}",
+                                     tags=TRAINING_EXPERIMENT_TAGS)
         except MlflowException:
             pass  # created concurrently by another writer
+    else:
+        mark_training_experiment(client, experiment)
     mlflow.set_experiment(EXPERIMENT)
     return client
+
+
+# MLflow 3's UI opens an experiment in its GenAI view (traces) unless the experiment
+# says it is model training: the `mlflow.experimentKind` tag picks the training view
+# (runs, metrics, models).
+TRAINING_EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def mark_training_experiment(client: MlflowClient, experiment: Any) -> None:
+    """Tag an experiment created before the tag existed (once; a no-op afterwards)."""
+    tags = getattr(experiment, "tags", None) or {}
+    for key, value in TRAINING_EXPERIMENT_TAGS.items():
+        if tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
 
 
 def _connect(uri: str, attempts: int = 6) -> tuple[MlflowClient, Any]:

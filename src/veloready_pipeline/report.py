@@ -10,19 +10,13 @@ from __future__ import annotations
 
 import html
 import json
-import math
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from veloready_pipeline.pipeline import atomic_write_text
-
-
-def _fmt(x: Any, nd: int = 2) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return f"{x:.{nd}f}" if isinstance(x, float | int) and not isinstance(x, bool) else str(x)
+from veloready_pipeline.pipeline import atomic_write_text, cell, counts_markdown, md_text
 
 
 def auroc(y: np.ndarray, score: np.ndarray) -> float:
@@ -76,7 +70,13 @@ def pooled_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             prob = p / 100.0 if np.nanmax(p) > 1.0 else p
             fam_out["pooled_brier"] = float(np.mean((prob - y) ** 2))
             fam_out["pooled_base_rate_brier"] = float(np.mean((y.mean() - y) ** 2))
-            fam_out["pooled_events"] = float(y.sum())
+            # An event is an onset (what the gate's min_events counts); the label days
+            # behind them are reported under their own name.
+            from veloready_pipeline.models.injury import count_onsets
+
+            fam_out["pooled_onsets"] = float(sum(count_onsets(np.asarray(t["y_true"], float))
+                                                 for t in tests))
+            fam_out["pooled_positive_label_days"] = float(y.sum())
             ws = [t.get("baseline_score") for t in tests]
             if all(w is not None for w in ws):
                 fam_out["pooled_warning_score_auroc"] = auroc(y, np.concatenate(ws))
@@ -119,6 +119,53 @@ def _pooled_plot(rows: list[dict[str, Any]], family: str, path: Path) -> Path | 
     return path
 
 
+def _pooled_table(figs: dict[str, float]) -> list[str]:
+    out = ["| figure | value |", "|---|---|"]
+    for k, v in figs.items():
+        nd = 0 if k in ("athletes", "passed") or k.endswith(("_onsets", "_days")) else 3
+        out.append(f"| {k.replace('_', ' ')} | {cell(v, nd)} |")
+    return out
+
+
+def report_sections(summary: dict[str, Any], pooled: dict[str, dict[str, float]],
+                    plots: dict[str, str] | None, per_athlete_limit: int | None = None,
+                    ) -> list[str]:
+    """The report as Markdown lines; ``plots`` None leaves the images out (Prefect)."""
+    rows: list[dict[str, Any]] = summary["rows"]
+    md: list[str] = [f"# VeloReady evaluation report — run {summary.get('flow_run_id', '?')}",
+                     "", f"Data: `{summary.get('data')}` (source `{summary.get('source')}`), "
+                     f"as of {summary.get('as_of') or 'latest'}.", ""]
+    md.append("## Models by family and status\n")
+    md.append(counts_markdown(summary.get("counts", {})))
+    md.append("\n## Pooled figures\n")
+    md.append("Regressions: RMSE pooled over every athlete's test part against the pooled "
+              "naive baselines. Injury: an *event* is an injury onset; AUROC and Brier "
+              "over every test day (label: an onset within 7 days).\n")
+    for fam, figs in pooled.items():
+        md.append(f"### {fam}\n")
+        md += _pooled_table(figs)
+        if plots and fam in plots:
+            md.append(f"\n![{fam} pooled]({plots[fam]})\n")
+    md.append("\n## Per athlete\n")
+    md.append("| athlete | family | status | rmse | mae | r² | auroc | brier | baselines "
+              "| reason |")
+    md.append("|---|---|---|---|---|---|---|---|---|---|")
+    shown = rows if per_athlete_limit is None else rows[:per_athlete_limit]
+    for r in shown:
+        m = r.get("metrics", {}) or {}
+        base = ", ".join(f"{k.replace('_', ' ')} {cell(v, 2)}"
+                         for k, v in (r.get("baselines") or {}).items()) or "—"
+        md.append(f"| {r['athlete_id']} | {r['family']} | {r['status'].replace('_', ' ')} "
+                  f"| {cell(m.get('rmse'), 2)} | {cell(m.get('mae'), 2)} "
+                  f"| {cell(m.get('r2'), 2)} | {cell(m.get('auroc'), 2)} "
+                  f"| {cell(m.get('brier'), 3)} | {md_text(base)} "
+                  f"| {md_text(str(r.get('reason') or ''))} |")
+    if len(shown) < len(rows):
+        md.append(f"\n{len(rows) - len(shown)} more athlete models in the full report "
+                  "(MLflow artifact `report/report.md`) and the run summary JSON.")
+    return md
+
+
 def build_report(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """Write report.md and report.html (+ plots) into ``out_dir``; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -129,28 +176,7 @@ def build_report(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         p = _pooled_plot(rows, fam, out_dir / f"pooled-{fam}.png")
         if p is not None:
             plots[fam] = p.name
-    md: list[str] = [f"# VeloReady evaluation report — run {summary.get('flow_run_id', '?')}",
-                     "", f"Data: `{summary.get('data')}` (source `{summary.get('source')}`), "
-                     f"as of {summary.get('as_of') or 'latest'}.", ""]
-    md.append("## Counts\n")
-    for fam, counts in summary.get("counts", {}).items():
-        md.append(f"- **{fam}**: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    md.append("\n## Pooled figures\n")
-    for fam, figs in pooled.items():
-        md.append(f"### {fam}\n")
-        md.append("| figure | value |\n|---|---|")
-        md += [f"| {k} | {_fmt(v, 3)} |" for k, v in figs.items()]
-        if fam in plots:
-            md.append(f"\n![{fam} pooled]({plots[fam]})\n")
-    md.append("\n## Per athlete\n")
-    md.append("| athlete | family | status | rmse | mae | r2 | auroc | baselines | reason |")
-    md.append("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        m = r.get("metrics", {})
-        base = ", ".join(f"{k} {_fmt(v)}" for k, v in (r.get("baselines") or {}).items())
-        md.append(f"| {r['athlete_id']} | {r['family']} | {r['status']} | {_fmt(m.get('rmse'))} "
-                  f"| {_fmt(m.get('mae'))} | {_fmt(m.get('r2'))} | {_fmt(m.get('auroc'))} "
-                  f"| {base} | {str(r.get('reason', '')).replace('|', '/')[:200]} |")
+    md = report_sections(summary, pooled, plots)
     if summary.get("data_notes") is not None:
         from veloready_pipeline.validation import data_notes_markdown
 
@@ -158,7 +184,8 @@ def build_report(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
                                              summary["data_notes"], level=2))
     md.append("\n## Per-athlete plots\n")
     for r in rows:
-        png = (r.get("artifacts") or {}).get("residual_plot")
+        art = r.get("artifacts") or {}
+        png = art.get("residual_plot")
         if png and Path(png).exists():
             target = out_dir / "plots" / Path(png).name
             target.parent.mkdir(exist_ok=True)
@@ -175,6 +202,18 @@ def build_report(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     return {"markdown": md_path, "html": html_path, "pooled": pooled_path}
 
 
+def prefect_report_markdown(summary: dict[str, Any], report_run_url: str | None,
+                            per_athlete_limit: int = 300) -> str:
+    """The report's content for a Prefect Markdown artifact: the same sections without
+    local images (the UI cannot read this machine's files), pointing to the MLflow run
+    that holds the full page, its plots and every per-athlete residual plot."""
+    where = (f"[MLflow run of this report]({report_run_url})" if report_run_url
+             else "the MLflow run tagged kind=evaluation-report")
+    md = report_sections(summary, pooled_metrics(summary["rows"]), None, per_athlete_limit)
+    md.insert(3, f"Plots and the full page (`report/report.html`): {where}, Artifacts tab.\n")
+    return "\n".join(md) + "\n"
+
+
 def _markdown_to_html(text: str) -> str:
     """A small converter for the subset of Markdown the report uses (no dependency)."""
     out = ["<!doctype html><html><head><meta charset='utf-8'><title>VeloReady report</title>",
@@ -184,7 +223,8 @@ def _markdown_to_html(text: str) -> str:
     in_table = False
     for line in text.splitlines():
         if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
+            cells = [c.strip().replace("\\|", "|")
+                     for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
             if all(set(c) <= {"-"} for c in cells):
                 continue
             if not in_table:

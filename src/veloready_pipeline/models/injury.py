@@ -169,8 +169,10 @@ def pooled_injury_metrics(results: Iterable[FamilyResult]) -> dict[str, float]:
     Per-athlete test parts hold too few events for a stable AUROC; pooling ranks every
     athlete's test days against every other's, which is also what the app's fixed
     thresholds (50 / 70) assume: a risk means the same thing for every rider.
-    ``pooled_n_events`` counts positive rows, ``pooled_n_onsets`` the distinct events
-    behind them (what the AUROC's uncertainty depends on).
+    An *event* is an injury onset, everywhere in the pipeline: ``pooled_n_onsets``
+    counts the distinct events (what the AUROC's uncertainty depends on and what the
+    gate's ``min_events`` counts); ``pooled_positive_label_days`` counts the positive
+    label rows behind them (each onset labels up to 7 days before it).
     """
     ys, risks, scores, rates, onsets = [], [], [], [], 0
     for r in results:
@@ -191,7 +193,7 @@ def pooled_injury_metrics(results: Iterable[FamilyResult]) -> dict[str, float]:
         "pooled_warning_score_auroc": safe_auroc(y, score),
         "pooled_base_rate_brier": brier(y, rate) if np.isfinite(rate).all() else float("nan"),
         "pooled_n_rows": float(len(y)),
-        "pooled_n_events": float(y.sum()),
+        "pooled_positive_label_days": float(y.sum()),
         "pooled_n_onsets": float(onsets),
     }
 
