@@ -66,3 +66,32 @@ def test_no_rows_message_names_the_data_window():
     assert "every athlete was quarantined" in no_rows_message(raw, raw.iloc[:0], None, None)
     assert counts_text({"zones": {"gate_failed": 2, "registered": 1}}) == (
         "zones: 2 gate failed, 1 registered")
+
+
+def test_backfill_dates_inside_the_data():
+    import datetime as dt
+
+    from veloready_pipeline.pipeline import NoDataError, backfill_dates
+
+    window = ("2026-03-01", "2026-04-09")
+    dates, before = backfill_dates("2026-02-20", "2026-03-20", 7, window)
+    assert [d.isoformat() for d in dates] == ["2026-03-06", "2026-03-13", "2026-03-20"]
+    assert before == [dt.date(2026, 2, 20), dt.date(2026, 2, 27)]
+    with pytest.raises(NoDataError, match="covers 2026-03-01..2026-04-09"):
+        backfill_dates("2026-01-01", "2026-02-28", 7, window)
+    with pytest.raises(ValueError, match="before start"):
+        backfill_dates("2026-03-10", "2026-03-01", 7, window)
+
+
+def test_cli_backfill_before_the_data_is_one_line_exit_2(small_data, veloready_home):
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "veloready"), "backfill", "--start", "2025-01-01",
+         "--end", "2025-02-01", "--data", str(small_data), "--families", "recovery"],
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines() == [
+        "error: backfill 2025-01-01..2025-02-01: every as-of date is before the data, which "
+        "covers 2026-03-01..2026-04-09; pick dates in that range"]

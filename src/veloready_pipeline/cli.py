@@ -37,7 +37,7 @@ USER_ERROR_NAMES = frozenset({"UserError", "ConfigError", "SourceDetectionError"
                               "NoDataError"})
 USER_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 # Commands whose flows may start child processes (Prefect's ephemeral server, Dask).
-CHILD_COMMANDS = frozenset({"train", "main", "monitor", "briefs", "registry"})
+CHILD_COMMANDS = frozenset({"train", "backfill", "main", "monitor", "briefs", "registry"})
 _GUARD: list[subprocess.Popen[bytes]] = []
 
 
@@ -392,6 +392,43 @@ def train(
 
 
 @app.command()
+def backfill(
+    start: str = typer.Option(..., "--start", help="first as-of date, YYYY-MM-DD"),
+    end: str = typer.Option(..., "--end", help="last as-of date, YYYY-MM-DD"),
+    every_days: int = typer.Option(7, "--every-days", min=1),
+    data: str | None = typer.Option(None, "--data", help="file, folder or URL"),
+    families: str | None = typer.Option(None, "--families", help="comma separated"),
+    athletes: str | None = typer.Option(None, "--athletes", help="comma separated ids"),
+    config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
+) -> None:
+    """Re-train as of each date from --start to --end every N days (the backfill flow).
+
+    A window before the data fails naming the data's dates (exit 2)."""
+    _quiet_env()
+    settings = _settings(config)
+    check_home(settings)
+    fams = check_families(families)
+    start = check_date(start, "--start") or start
+    end = check_date(end, "--end") or end
+    from veloready_pipeline.pipeline import backfill_dates, data_window, load_data
+
+    # a window outside the data is a user mistake: say so before any flow starts
+    backfill_dates(start, end, every_days, data_window(load_data(settings, data).frame))
+    from flows.weekly_training import weekly_training_backfill
+
+    runs = weekly_training_backfill(start=start, end=end, every_days=every_days,
+                                    settings=settings, data=data,
+                                    athlete_ids=_csv(athletes), families=fams)  # type: ignore[arg-type]
+    from veloready_pipeline.pipeline import counts_text
+
+    for run in runs:
+        typer.echo(f"as of {run['as_of']}: {counts_text(run['counts'])}")
+        typer.echo(f"    summary: {run['summary_path']}")
+    typer.echo(f"{len(runs)} as-of run(s); gate tables and reports: Prefect artifacts "
+               "'gate-table' / 'evaluation-report' of each weekly-training run")
+
+
+@app.command()
 def main(
     config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
 ) -> None:
@@ -407,6 +444,7 @@ def main(
         raise
     from flows.daily_briefs import daily_briefs
     from flows.weekly_training import weekly_training
+    from veloready_pipeline.pipeline import counts_text
 
     summary = weekly_training(settings=settings)
     briefs = daily_briefs(settings=settings)
@@ -420,10 +458,14 @@ def main(
     typer.echo(f"OTA manifests:    {summary['ota_dir']}")
     typer.echo(f"daily briefs:     {briefs.get('store', settings.brief_store())} "
                f"({briefs.get('counts', briefs.get('total', ''))})")
-    typer.echo(f"MLflow UI:        .venv/bin/mlflow ui --backend-store-uri {uri} "
-               "--port 5000  -> http://127.0.0.1:5000")
-    typer.echo("Prefect UI:       PREFECT_HOME=.prefect .venv/bin/prefect server start "
-               "-> http://127.0.0.1:4200")
+    ui = settings.ui
+    typer.echo(f"evaluation report: {summary.get('report', {}).get('html', '')} "
+               f"({counts_text(summary['counts'])})")
+    typer.echo(f"MLflow UI:        MLFLOW_DISABLE_TELEMETRY=true .venv/bin/mlflow ui "
+               f"--backend-store-uri {uri} --port {ui.mlflow_port}  -> {ui.mlflow_url}")
+    typer.echo("Prefect UI:       PREFECT_HOME=.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false "
+               f"PREFECT_SERVER_API_PORT={ui.prefect_port} .venv/bin/prefect server start  -> "
+               f"http://127.0.0.1:{ui.prefect_port}")
 
 
 @ota_app.command("verify")
