@@ -163,6 +163,7 @@ def weekly_training(
     started = dt.datetime.now(dt.UTC)
 
     ingested = ingest_data(settings, data, source)
+    pipeline.check_training_window(ingested.frame, as_of, since)  # names the data's dates
     outcome = validate_data(ingested, settings, as_of, since)
     frame = pipeline.select_athletes(pipeline.cut_as_of(outcome.clean, as_of), athlete_ids)
     quarantined = {aid: _first_failure(rep)
@@ -172,7 +173,8 @@ def weekly_training(
                 len(outcome.quarantined), frame["athlete_id"].nunique())
     if frame.empty:  # nothing to train: say why, naming the data's dates
         raise pipeline.NoDataError(pipeline.no_rows_message(
-            ingested.frame, outcome.clean, as_of, athlete_ids))
+            ingested.frame, outcome.clean, as_of, athlete_ids, since,
+            len(outcome.quarantined)))
 
     run_id = str(flow_run.get_id() or "local")
     lineage = {

@@ -25,7 +25,7 @@ def test_as_of_before_the_data_fails_naming_its_dates(prefect_api, small_data, v
     from veloready_pipeline.pipeline import NoDataError
 
     with pytest.raises(NoDataError, match=r"as of 2026-01-01: the data covers "
-                       r"dates 2026-03-01\.\.2026-04-09 \(2 athletes\).*pick an as-of date "
+                       r"dates 2026-03-01\.\.2026-04-09 \(2 athletes\); pick an as-of date "
                        r"from 2026-03-01 to 2026-04-09"):
         weekly_training(data=str(small_data), as_of="2026-01-01", families=["recovery"],
                         progress=False)
@@ -61,9 +61,12 @@ def test_no_rows_message_names_the_data_window():
                         "date": pd.to_datetime(["2026-02-01", "2026-02-20", "2026-03-01"])})
     msg = no_rows_message(raw, raw, "2026-01-15", None)
     assert msg == ("no rows to train on as of 2026-01-15: the data covers dates "
-                   "2026-02-01..2026-03-01 (2 athletes), the first validated day is "
-                   "2026-02-01; pick an as-of date from 2026-02-01 to 2026-03-01")
-    assert "every athlete was quarantined" in no_rows_message(raw, raw.iloc[:0], None, None)
+                   "2026-02-01..2026-03-01 (2 athletes); pick an as-of date from 2026-02-01 "
+                   "to 2026-03-01")
+    assert "every athlete in the window was quarantined by validation (2)" in (
+        no_rows_message(raw, raw.iloc[:0], None, None, n_quarantined=2))
+    assert no_rows_message(raw, raw.iloc[:0], None, None, since="2026-05-01").startswith(
+        "no rows to train on since 2026-05-01: the data covers dates 2026-02-01..2026-03-01")
     assert counts_text({"zones": {"gate_failed": 2, "registered": 1}}) == (
         "zones: 2 gate failed, 1 registered")
 

@@ -152,20 +152,36 @@ def backfill_dates(start: str, end: str, every_days: int, window: tuple[str, str
     return inside, [d for d in dates if d < first]
 
 
+def check_training_window(raw: pd.DataFrame, as_of: str | None, since: str | None) -> None:
+    """Refuse (`NoDataError`, naming the data's dates) an as-of date before the data or a
+    since date after it, before any validation or training starts."""
+    window = data_window(raw)
+    if window is None:
+        return
+    if (as_of is not None and as_of < window[0]) or (since is not None and since > window[1]):
+        raise NoDataError(no_rows_message(raw, raw.iloc[:0], as_of, None, since))
+
+
 def no_rows_message(raw: pd.DataFrame, clean: pd.DataFrame, as_of: str | None,
-                    athlete_ids: Sequence[str] | None) -> str:
+                    athlete_ids: Sequence[str] | None, since: str | None = None,
+                    n_quarantined: int = 0) -> str:
     """Why a training window is empty, with the dates the data does cover."""
-    where = f"the data covers {describe_window(raw)} ({_n_athletes(raw)} athletes)"
     if not len(raw):
         return "no rows to train on: the source returned no rows"
-    if not len(clean):
-        return f"no rows to train on: every athlete was quarantined by validation; {where}"
-    window = data_window(clean)
-    if as_of is not None and window is not None and as_of < window[0]:
-        return (f"no rows to train on as of {as_of}: {where}, the first validated day is "
-                f"{window[0]}; pick an as-of date from {window[0]} to {window[1]}")
+    window = data_window(raw)
+    where = f"the data covers {describe_window(raw)} ({_n_athletes(raw)} athletes)"
+    if window is not None and as_of is not None and as_of < window[0]:
+        return (f"no rows to train on as of {as_of}: {where}; pick an as-of date from "
+                f"{window[0]} to {window[1]}")
+    if window is not None and since is not None and since > window[1]:
+        return (f"no rows to train on since {since}: {where}; pick a --since date before "
+                f"{window[1]}")
+    if not len(clean) and n_quarantined:
+        return (f"no rows to train on: every athlete in the window was quarantined by "
+                f"validation ({n_quarantined}); {where}")
     who = f" for athletes {', '.join(athlete_ids)}" if athlete_ids else ""
-    return f"no rows to train on{who} as of {as_of or 'latest'}: {where}"
+    span = f"from {since} " if since else ""
+    return f"no rows to train on{who} {span}as of {as_of or 'latest'}: {where}"
 
 
 def _refuse_empty_file(path: str | None) -> None:
