@@ -194,7 +194,7 @@ def weekly_training(
     manifests = publish_ota(exports, outcomes, settings)
 
     by_key = {(o.athlete_id, o.family): o for o in outcomes}
-    rows = pipeline.summary_rows(results, by_key, exports, quarantined, fams)
+    rows = pipeline.summary_rows(results, by_key, exports, quarantined, fams, manifests)
     rows += [{"athlete_id": aid, "family": fam, "status": "skipped", "reason": reason,
               "metrics": {}, "registry_version": None, "artifacts": {}}
              for aid, reason in sorted(outcome.skipped.items())

@@ -79,6 +79,11 @@ def export_registered(
             continue
         if result is None:
             continue
+        if folder.exists():
+            # Files without their record: an export interrupted by a crash. Start clean.
+            import shutil
+
+            shutil.rmtree(folder)
         jobs.append((out, result, folder, out.registered_name or f"{out.family}-{out.athlete_id}"))
     done = _run_exports([(r, folder, name, settings) for _, r, folder, name in jobs], settings)
     client = None

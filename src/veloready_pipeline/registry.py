@@ -56,6 +56,7 @@ class RegistryOutcome:
     registered_name: str | None = None
     version: str | None = None
     champion: bool = False
+    challenger: bool = False
     champion_version: str | None = None
     decision: str = ""
     reused: bool = False
@@ -169,12 +170,15 @@ def _flat(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _existing_runs(client: MlflowClient, data_hash: str | None = None,
-                   since_ms: int | None = None) -> dict[str, str]:
+                   since_ms: int | None = None,
+                   unfinished: set[str] | None = None) -> dict[str, str]:
     """fingerprint -> run_id for the runs that could match (one query per page).
 
     A fingerprint includes the data hash, so only runs tagged with the same hash can
     match: filtering on it keeps this query the size of one week, not of all history.
     With ``since_ms``, only runs started at or after that time (epoch ms) are read.
+    ``unfinished`` collects the ids of runs read that are not FINISHED (a process killed
+    mid-registration leaves its run RUNNING; an exception leaves it FAILED).
     """
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is None:
@@ -195,6 +199,11 @@ def _existing_runs(client: MlflowClient, data_hash: str | None = None,
             fp = run.data.tags.get("fingerprint")
             if fp:
                 out[fp] = run.info.run_id
+                if unfinished is not None:
+                    if run.info.status == "FINISHED":
+                        unfinished.discard(run.info.run_id)
+                    else:
+                        unfinished.add(run.info.run_id)
         token = page.token
         if not token:
             return out
@@ -216,6 +225,7 @@ class KnownRuns:
 
     data_hash: str
     runs: dict[str, str] = field(default_factory=dict)
+    unfinished: set[str] = field(default_factory=set)
     since_ms: int | None = None
     experiment_id: str | None = None
 
@@ -228,22 +238,12 @@ class KnownRuns:
         """Read the runs logged since the last refresh; returns fingerprint -> run id."""
         if experiment_id != self.experiment_id:  # another store or a recreated experiment
             self.runs, self.since_ms, self.experiment_id = {}, None, experiment_id
+            self.unfinished = set()
         now_ms = int(time.time() * 1000)
         since = None if self.since_ms is None else self.since_ms - self.MARGIN_MS
-        self.runs.update(_existing_runs(client, self.data_hash, since))
+        self.runs.update(_existing_runs(client, self.data_hash, since, self.unfinished))
         self.since_ms = now_ms
         return self.runs
-
-
-def _existing_version(client: MlflowClient, name: str, fp: str) -> str | None:
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None
-    for v in versions:
-        if v.tags.get("fingerprint") == fp:
-            return str(v.version)
-    return None
 
 
 def _first_version_with(client: MlflowClient, name: str, fp: str) -> str | None:
@@ -405,9 +405,13 @@ def register_results(
             for result, out in zip(results, done, strict=True):
                 if out.run_id:
                     known_runs.runs[fingerprint(result, settings, data_hash)] = out.run_id
+                    known_runs.unfinished.discard(out.run_id)
         return done
+    unfinished: set[str] = set()
     seen = (known_runs.refresh(client, experiment_id) if known_runs is not None
-            else _existing_runs(client, data_hash))
+            else _existing_runs(client, data_hash, unfinished=unfinished))
+    if known_runs is not None:
+        unfinished = known_runs.unfinished  # after refresh (which may start a new set)
     context_tags = resolve_tags({})  # user, source, git commit: resolved once per call
     outcomes: list[RegistryOutcome] = []
     for result in results:
@@ -417,22 +421,9 @@ def register_results(
         if fp in seen:
             out.run_id = seen[fp]
             out.reused = True
-            if result.passed:
-                out.registered_name = name
-                out.version = _existing_version(client, name, fp)
-                if out.version is None:
-                    # The run was logged but registration was interrupted (a crash
-                    # between the two): finish it in the same run.
-                    with mlflow.start_run(run_id=out.run_id):
-                        _register_version(client, client.get_run(str(out.run_id)), result,
-                                          out, name, fp, settings, score_fn)
-                    outcomes.append(out)
-                    continue
-                out.champion_version = _alias_version(client, name, CHAMPION)
-                out.champion = out.version is not None and out.version == out.champion_version
-                out.decision = "same work already registered; nothing changed"
-            else:
-                out.decision = "same work already logged; gate failed, not registered"
+            _resume(client, result, out, name, fp, settings, score_fn, plot_fn, workdir,
+                    interrupted=out.run_id in unfinished)
+            unfinished.discard(out.run_id)
             outcomes.append(out)
             continue
         verdict = result.verdict
@@ -455,28 +446,129 @@ def register_results(
         run_name = f"{result.family}-{athlete_key(result.athlete_id)}"
         with _client_run(client, experiment_id, run_name, context_tags | tags) as run:
             out.run_id = seen[fp] = run.info.run_id
-            client.log_batch(
-                run.info.run_id,
-                metrics=[
-                    Metric(k, float(v), 0, 0)
-                    for k, v in {**result.metrics, **_flat("baseline_", result.baselines)}.items()
-                    if v is not None and np.isfinite(v)
-                ],
-                params=[Param(k, str(v)[:500]) for k, v in result.params.items()]
-                + [Param(f"n_{k}", str(v)) for k, v in result.n_rows.items()]
-                + [Param("features", ",".join(result.feature_names)[:6000])],
-                tags=[RunTag("gate_checks", json.dumps(verdict.as_dict() if verdict else {}))],
-            )
-            if plot_fn is not None and workdir is not None:
-                plot = plot_fn(result, workdir)
-                _artifact_repo(client, run).log_artifact(str(plot))
-                out.artifacts["residual_plot"] = str(plot)
+            _log_run_data(client, run, result, out, plot_fn, workdir)
             if result.passed:
                 _register_version(client, run, result, out, name, fp, settings, score_fn)
             else:
                 out.decision = "gate failed: " + (verdict.reason() if verdict else result.reason)
         outcomes.append(out)
     return outcomes
+
+
+def _log_run_data(client: MlflowClient, run: Any, result: ModelResult, out: RegistryOutcome,
+                  plot_fn: Callable[[ModelResult, Path], Path] | None,
+                  workdir: Path | None) -> None:
+    """Metrics, parameters, gate checks and the residual plot of one model's run.
+
+    Idempotent (the same values logged twice leave the run as logged once), so a run
+    interrupted half-way is completed by logging it again.
+    """
+    verdict = result.verdict
+    client.log_batch(
+        run.info.run_id,
+        metrics=[
+            Metric(k, float(v), 0, 0)
+            for k, v in {**result.metrics, **_flat("baseline_", result.baselines)}.items()
+            if v is not None and np.isfinite(v)
+        ],
+        params=[Param(k, str(v)[:500]) for k, v in result.params.items()]
+        + [Param(f"n_{k}", str(v)) for k, v in result.n_rows.items()]
+        + [Param("features", ",".join(result.feature_names)[:6000])],
+        tags=[RunTag("gate_checks", json.dumps(verdict.as_dict() if verdict else {}))],
+    )
+    if plot_fn is not None and workdir is not None:
+        plot = plot_fn(result, workdir)
+        _artifact_repo(client, run).log_artifact(str(plot))
+        out.artifacts["residual_plot"] = str(plot)
+
+
+def _resume(client: MlflowClient, result: ModelResult, out: RegistryOutcome, name: str,
+            fp: str, settings: Settings, score_fn: Callable[[ModelResult, Any], float],
+            plot_fn: Callable[[ModelResult, Path], Path] | None, workdir: Path | None, *,
+            interrupted: bool) -> None:
+    """Work whose run already exists: leave it, or finish what an interrupted run left.
+
+    Every step a crash can interrupt is finished here, in the same run and version, so
+    the registry ends as an uninterrupted run would have left it:
+
+    * run not FINISHED (killed: RUNNING; an exception: FAILED): its data is logged
+      again (idempotent) and the run is marked FINISHED once the steps below succeed;
+    * gate passed, no version: registered now (champion decision as usual);
+    * version without its alias: see `_finish_aliases`.
+    """
+    run = client.get_run(str(out.run_id)) if interrupted else None
+    if run is not None:
+        _log_run_data(client, run, result, out, plot_fn, workdir)
+    if result.passed:
+        out.registered_name = name
+        out.version = _first_version_with(client, name, fp)
+        if out.version is None:
+            # The run was logged but registration was interrupted: finish it in the run.
+            _register_version(client, run or client.get_run(str(out.run_id)), result, out,
+                              name, fp, settings, score_fn)
+            out.decision = f"resumed an interrupted registration: {out.decision}"
+        else:
+            _finish_aliases(client, out, name)
+    else:
+        out.decision = "same work already logged; gate failed, not registered"
+    if run is not None:
+        client.set_terminated(run.info.run_id)
+
+
+def _finish_aliases(client: MlflowClient, out: RegistryOutcome, name: str) -> None:
+    """Set the alias a version's recorded decision gave it, if a crash left it unset.
+
+    The decision is written with the version (tags), the alias after it, so a process
+    killed in between leaves a version that is neither ``champion`` nor ``challenger``
+    though it should be. It is completed only while nothing has happened since: it is
+    still the newest version, it was never rolled back, and (for an automatic
+    promotion) the champion is still the one it was compared with. Otherwise the
+    interrupted decision is stale and is withdrawn (tagged ``registration_withdrawn``;
+    the version stays registered but is neither champion nor challenger).
+    """
+    from veloready_pipeline.review import TAG_DECISION
+    from veloready_pipeline.rollout import TAG_PREVIOUS
+
+    version = str(out.version)
+    champion = _alias_version(client, name, CHAMPION)
+    challenger = _alias_version(client, name, CHALLENGER)
+    out.champion_version = champion
+    out.champion = champion == version
+    out.challenger = challenger == version
+    out.decision = "same work already registered; nothing changed"
+    tags = client.get_model_version(name, version).tags
+    decision = tags.get(TAG_DECISION)
+    out.review_decision = decision or ""
+    manual = tags.get("champion_decision", "").startswith("pending review")
+    wanted = (CHAMPION if decision == "auto_promoted"
+              else CHALLENGER if decision is None and manual else None)
+    if (out.champion or out.challenger or wanted is None or "rolled_back" in tags
+            or "registration_withdrawn" in tags):
+        return
+    newest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    compared_with = tags.get(TAG_PREVIOUS) or None
+    stale = None
+    if newest != int(version):
+        stale = f"v{newest} was registered after it"
+    elif wanted == CHAMPION and champion != compared_with:
+        stale = (f"the champion moved to v{champion} after it was compared with "
+                 f"{'v' + compared_with if compared_with else 'no champion'}")
+    if stale:
+        client.set_model_version_tag(name, version, "registration_withdrawn", stale)
+        out.decision = (f"interrupted registration of v{version} withdrawn: {stale}; "
+                        "neither champion nor challenger")
+        return
+    client.set_registered_model_alias(name, wanted, version)
+    if wanted == CHAMPION:
+        out.champion, out.champion_version = True, version
+        if challenger is not None:  # as `_register_version` does in auto mode
+            client.delete_registered_model_alias(name, CHALLENGER)
+        reason = tags.get("champion_decision", "")
+    else:
+        out.challenger, out.review_decision = True, "pending"
+        reason = "awaiting review"
+    out.decision = (f"repaired: v{version} was registered but a crash left it without its "
+                    f"{wanted} alias; {wanted} set now ({reason})")
 
 
 MIN_RESULTS_PER_WRITER = 20  # below this, starting a process costs more than it saves
@@ -624,6 +716,7 @@ def _register_version(
         out.champion_version = out.version
     if not auto:
         client.set_registered_model_alias(name, CHALLENGER, out.version)
+        out.challenger = True
     elif _alias_version(client, name, CHALLENGER) is not None:
         # A challenger left pending by an earlier manual-review run is superseded by
         # this decided version (the alias means "awaiting a decision").

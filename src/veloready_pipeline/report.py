@@ -41,16 +41,20 @@ def auroc(y: np.ndarray, score: np.ndarray) -> float:
     return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
+# Statuses of a model that was trained and gated (every one but gate_failed passed).
+TRAINED_STATUSES = ("registered", "not_promoted", "unshipped", "gate_failed")
+
+
 def pooled_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Pooled figures per family from the per-athlete rows of a summary."""
     out: dict[str, dict[str, float]] = {}
     by_fam: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        if r.get("metrics") and r["status"] in ("registered", "gate_failed"):
+        if r.get("metrics") and r["status"] in TRAINED_STATUSES:
             by_fam.setdefault(r["family"], []).append(r)
     for fam, rs in by_fam.items():
         fam_out: dict[str, float] = {"athletes": float(len(rs)),
-                                     "passed": float(sum(r["status"] == "registered"
+                                     "passed": float(sum(r["status"] != "gate_failed"
                                                          for r in rs))}
         n = np.array([r.get("n_rows", {}).get("test", 0) for r in rs], dtype=float)
         if "rmse" in rs[0]["metrics"] and n.sum() > 0:

@@ -347,7 +347,7 @@ def apply_decision(settings: Settings, decision: ReviewDecision,
 def refresh_outcomes(outcomes: Iterable[Any], settings: Settings,
                      client: MlflowClient | None = None) -> list[Any]:
     """Bring a run's registry outcomes up to date after a review (champion, decision)."""
-    from veloready_pipeline.registry import CHAMPION, configure_mlflow
+    from veloready_pipeline.registry import CHALLENGER, CHAMPION, configure_mlflow
 
     client = client or configure_mlflow(settings)
     out = []
@@ -355,6 +355,8 @@ def refresh_outcomes(outcomes: Iterable[Any], settings: Settings,
         if o.registered_name is not None:
             o.champion_version = _alias(client, o.registered_name, CHAMPION)
             o.champion = o.version is not None and o.champion_version == str(o.version)
+            o.challenger = (o.version is not None
+                            and _alias(client, o.registered_name, CHALLENGER) == str(o.version))
             if o.version is not None:
                 tags = client.get_model_version(o.registered_name, str(o.version)).tags
                 o.review_decision = tags.get(TAG_DECISION, "pending")
