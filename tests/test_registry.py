@@ -102,8 +102,8 @@ def test_known_runs_carry_a_weeks_runs_from_chunk_to_chunk(settings, good_result
     read: list[int] = []
     real = registry._existing_runs
 
-    def counting(client, data_hash=None, since_ms=None):
-        found = real(client, data_hash, since_ms)
+    def counting(client, data_hash=None, since_ms=None, unfinished=None):
+        found = real(client, data_hash, since_ms, unfinished)
         read.append(len(found))
         return found
 
