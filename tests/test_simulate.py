@@ -382,3 +382,44 @@ def test_ftp_tests_follow_each_athletes_own_habit(realistic: SimulationResult) -
     done = realistic.frame["ftp_test_w"].notna()
     assert done.sum() >= 0.6 * len(planned)  # ill, injured or skipped: no test
     assert (realistic.frame.loc[done, "planned_workout"].str.startswith("FTP test")).all()
+
+
+def test_simulate_cli_history_ends_today_so_train_keeps_every_athlete(tmp_path) -> None:
+    """`veloready simulate --days 400` (longer than the year so far) must not write rows
+    dated after today: `train` would quarantine every athlete for future dates. A fixed
+    `--start-date` still gives the same dates on every run."""
+    import datetime as dt
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    from veloready_pipeline.config import Settings
+    from veloready_pipeline.pipeline import load_data, validate_ingested
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), str(root)]),
+               VELOREADY_HOME=str(tmp_path))
+    out = tmp_path / "sim"
+    proc = subprocess.run([sys.executable, "-m", "veloready_pipeline.cli", "simulate",
+                           "--athletes", "2", "--days", "400", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    frame = pd.read_parquet(out / "athletes.parquet")
+    today = dt.datetime.now(dt.UTC).date()
+    assert pd.Timestamp(frame["date"].max()).date() == today
+    assert pd.Timestamp(frame["date"].min()).date() == today - dt.timedelta(days=399)
+    settings = Settings()
+    report = validate_ingested(load_data(settings, data=str(out)), settings)
+    assert not report.quarantined, report.quarantined
+
+    fixed = tmp_path / "fixed"
+    proc = subprocess.run([sys.executable, "-m", "veloready_pipeline.cli", "simulate",
+                           "--athletes", "1", "--days", "30", "--start-date", "2026-01-01",
+                           "--out", str(fixed)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    dates = pd.read_parquet(fixed / "athletes.parquet")["date"]
+    assert str(pd.Timestamp(dates.min()).date()) == "2026-01-01"

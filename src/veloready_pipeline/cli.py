@@ -332,13 +332,25 @@ def simulate(
     seed: int = typer.Option(7, "--seed", min=0),
     profile: str = typer.Option("realistic", "--profile", help="realistic | easy"),
     out: Path = typer.Option(Path("data/synthetic"), "--out"),
+    start_date: str = typer.Option(
+        "auto", "--start-date",
+        help="first simulated day YYYY-MM-DD, or 'auto': the history ends today (UTC), so "
+             "'train' does not refuse its rows as dated in the future"),
 ) -> None:
     """Simulate synthetic athletes into a canonical Parquet file."""
     from veloready_pipeline.simulate import simulate_athletes, write_simulation
 
     if profile not in ("realistic", "easy"):
         raise typer.BadParameter("profile must be realistic or easy", param_hint="--profile")
-    result = simulate_athletes(n_athletes=athletes, days=days, seed=seed, profile=profile)  # type: ignore[arg-type]
+    if start_date.strip() == "auto":
+        import datetime as dt
+
+        today = dt.datetime.now(dt.UTC).date()
+        first_day = (today - dt.timedelta(days=days - 1)).isoformat()
+    else:
+        first_day = check_date(start_date, "--start-date")
+    result = simulate_athletes(n_athletes=athletes, days=days, seed=seed, profile=profile,  # type: ignore[arg-type]
+                               start_date=first_day)
     path = write_simulation(result, out)
     typer.echo(f"wrote {len(result.frame)} rows for {athletes} athletes to {path}")
     typer.echo(f"noise floor: {json.dumps(result.noise_floor)}")
