@@ -288,7 +288,8 @@ class BatchedMLP(BatchedModule):
 
 
 class BatchedLSTM(BatchedModule):
-    """A stack of one-layer LSTMs + linear heads, one per athlete (`LSTMSequence`).
+    """A stack of one-layer LSTMs + linear heads, one per athlete (`LSTMSequence`),
+    plus each module's linear skip term on the last day's inputs (`InjuryLSTM`).
 
     Matches `torch.nn.LSTM` exactly (gate order i, f, g, o; both biases). Raw inputs
     ``[A, N, T, F]``; ``forward`` returns risk 0-100 ``[A, N]``, ``forward_normalized``
@@ -308,6 +309,8 @@ class BatchedLSTM(BatchedModule):
         self.b_hh = nn.Parameter(torch.stack([p.lstm.bias_hh_l0.detach()[:, None] for p in plain]))
         self.w_head = nn.Parameter(torch.stack([p.head.weight.detach() for p in plain]))
         self.b_head = nn.Parameter(torch.stack([p.head.bias.detach()[:, None] for p in plain]))
+        # Injury: a linear term on the last day's inputs beside the LSTM (`InjuryLSTM`).
+        self.w_skip = nn.Parameter(torch.stack([p.skip.weight.detach() for p in plain]))
         for name in ("x_mean", "x_std"):
             self.register_buffer(name, torch.stack([getattr(p, name).detach() for p in plain]))
         self.workspace = LSTMWorkspace()
@@ -318,7 +321,8 @@ class BatchedLSTM(BatchedModule):
 
     def forward_prepared(self, xp: torch.Tensor) -> torch.Tensor:
         h = LSTMSequence.apply(xp, self.w_ih, self.w_hh, self.b_ih + self.b_hh, self.workspace)
-        return torch.baddbmm(self.b_head, self.w_head, h).squeeze(1)
+        out = torch.baddbmm(self.b_head, self.w_head, h)
+        return torch.baddbmm(out, self.w_skip, xp[-1]).squeeze(1)  # + skip(last day)
 
     def forward_normalized(self, xn: torch.Tensor) -> torch.Tensor:
         return self.forward_prepared(self.prepare(xn))
@@ -337,6 +341,7 @@ class BatchedLSTM(BatchedModule):
             plain.lstm.bias_hh_l0.copy_(self.b_hh[i, :, 0])
             plain.head.weight.copy_(self.w_head[i])
             plain.head.bias.copy_(self.b_head[i, :, 0])
+            plain.skip.weight.copy_(self.w_skip[i])
             for name in ("x_mean", "x_std"):
                 getattr(plain, name).copy_(getattr(self, name)[i])
         return plain.eval()

@@ -55,7 +55,8 @@ MEDIUM_MAX = 70.0
 class InjuryLSTM(nn.Module):
     """Raw ``[N, 14, n_features]`` sequences -> risk 0-100 ``[N]``.
 
-    One LSTM layer and a linear head on the last hidden state. ``forward_normalized``
+    One LSTM layer and a linear head on the last hidden state, plus a linear term on
+    the last day's normalised inputs. ``forward_normalized``
     returns the logit (training); ``forward`` normalises with the athlete's stored
     statistics and returns ``sigmoid(logit) * 100`` (exported).
     """
@@ -65,6 +66,11 @@ class InjuryLSTM(nn.Module):
         self.init_kwargs = {"n_in": n_in, "hidden": hidden}
         self.lstm = nn.LSTM(n_in, hidden, batch_first=True)
         self.head = nn.Linear(hidden, 1)
+        # A logistic term on the last day's inputs beside the LSTM ("wide and deep"):
+        # the warning-sign inputs of today are most of the signal, and a linear
+        # read-out of them learns from the few events of a batch far more reliably
+        # than the recurrent path alone; the LSTM adds what the 14-day course holds.
+        self.skip = nn.Linear(n_in, 1, bias=False)
         self.register_buffer("x_mean", torch.zeros(n_in))
         self.register_buffer("x_std", torch.ones(n_in))
 
@@ -76,7 +82,7 @@ class InjuryLSTM(nn.Module):
 
     def forward_normalized(self, xn: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(xn)
-        return self.head(out[:, -1, :]).squeeze(-1)
+        return (self.head(out[:, -1, :]) + self.skip(xn[:, -1, :])).squeeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.forward_normalized(self.normalize_x(x))) * 100.0
