@@ -36,6 +36,7 @@ from tasks.review import review_challengers, shippable_outcomes
 from tasks.runners import make_task_runner, max_in_flight
 from tasks.training import (
     export_models,
+    fit_population,
     ingest_data,
     publish_ota,
     register_models,
@@ -76,7 +77,13 @@ def train_chunks(frame: Any, families: list[str], settings: Settings,
         frame = frame.frame
     ids = sorted(frame["athlete_id"].astype(str).unique())
     chunks = pipeline.chunk_ids(ids, settings.execution.chunk_size)
-    jobs = iter([(family, no, chunk) for family in families
+    # Recovery's population model needs every athlete: one task fits it first (on the
+    # runner, like a chunk) and each recovery chunk gets it. Its chunks go last, so the
+    # other families' chunks train while the population is fitted.
+    populations = {f: fit_population.submit(f, frame, ids, settings)
+                   for f in families if f == "recovery"}
+    order = [f for f in families if f not in populations] + list(populations)
+    jobs = iter([(family, no, chunk) for family in order
                  for no, chunk in enumerate(chunks)])
     in_flight: dict[Any, Any] = {}
 
@@ -85,8 +92,10 @@ def train_chunks(frame: Any, families: list[str], settings: Settings,
         if job is not None:
             family, no, chunk = job
             rows = frame[frame["athlete_id"].isin(chunk)]
+            population = _population(populations.get(family))
             in_flight[train_family_chunk.submit(
-                family, no, rows, chunk, settings, (warm_starts or {}).get(family))] = job
+                family, no, rows, chunk, settings, (warm_starts or {}).get(family),
+                population)] = job
 
     # A bounded window of chunks in flight: each submitted task carries its chunk's
     # rows (here, in the scheduler and on a worker), so submitting all at once would
@@ -238,6 +247,19 @@ def weekly_training(
     )
     logger.info("done: %s; summary at %s", pipeline.counts_text(counts), out)
     return summary
+
+
+def _population(future: Any) -> Any:
+    """A population task's model; on its failure, each chunk fits one on its own
+    athletes (their runs record how many athletes it saw)."""
+    if future is None:
+        return None
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - logged; the chunks still train
+        get_run_logger().warning("population fit failed (%s: %s); each recovery chunk "
+                                 "fits its own", type(exc).__name__, exc)
+        return None
 
 
 def _first_failure(report: Any) -> str:

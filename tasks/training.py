@@ -50,13 +50,22 @@ def validate_data(ingested: pipeline.IngestResult, settings: Settings,
     return outcome
 
 
+@task(name="fit-population", cache_policy=NO_CACHE, task_run_name="fit-{family}-population")
+def fit_population(family: str, frame: pd.DataFrame, athlete_ids: list[str],
+                   settings: Settings) -> Any:
+    """A family's population model over all athletes (recovery), before its chunks."""
+    return pipeline.fit_population(family, frame, athlete_ids, settings)
+
+
 @task(name="train-family-chunk", cache_policy=NO_CACHE,
       task_run_name="train-{family}-chunk-{chunk_no}")
 def train_family_chunk(family: str, chunk_no: int, frame: pd.DataFrame, athlete_ids: list[str],
                        settings: Settings,
-                       warm_starts: dict[str, dict[str, Any]] | None = None) -> list[ModelResult]:
+                       warm_starts: dict[str, dict[str, Any]] | None = None,
+                       population: Any = None) -> list[ModelResult]:
     """Features, split, Optuna tuning, fit and gate for one family on a chunk of athletes."""
-    return pipeline.train_family(family, frame, athlete_ids, settings, warm_starts)
+    return pipeline.train_family(family, frame, athlete_ids, settings, warm_starts,
+                                 population)
 
 
 @task(name="register-models", cache_policy=NO_CACHE)

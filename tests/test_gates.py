@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from veloready_pipeline.config import GateThresholds
-from veloready_pipeline.gates import evaluate_gate, regression_metrics
+from veloready_pipeline.gates import evaluate_gate, paired_bootstrap_gain, regression_metrics
 
 T = GateThresholds(rmse_max=8, mae_max=6, r2_min=0.7)
 BASE = {"persistence_rmse": 12.0, "mean_rmse": 10.0}
@@ -73,3 +73,32 @@ def test_regression_metrics_known_values():
     assert m["rmse"] == pytest.approx(math.sqrt(4 / 3))
     assert m["mae"] == pytest.approx(2 / 3)
     assert m["r2"] == pytest.approx(1 - 4 / 2)
+
+
+def test_gate_checks_mae_against_each_baseline_too():
+    """Beating the mean on RMSE but not on MAE (a few large misses avoided, many small
+    ones made) fails, naming the MAE baseline."""
+    base = {"persistence_rmse": 12.0, "mean_rmse": 7.5,
+            "persistence_mae": 9.0, "mean_mae": 4.8}
+    v = evaluate_gate("recovery", {"rmse": 7.0, "mae": 5.0, "r2": 0.75}, base, T)
+    assert not v.passed
+    assert [c.name for c in v.failures] == ["beats mean_mae"]
+    assert "beats mean_mae: model 5.000 does not beat baseline 4.800" in v.reason()
+    ok = evaluate_gate("recovery", {"rmse": 7.0, "mae": 4.5, "r2": 0.75}, base, T)
+    assert ok.passed and len(ok.checks) == 7
+
+
+def test_paired_bootstrap_gain_interval():
+    rng = np.random.default_rng(0)
+    base = np.abs(rng.normal(0, 10, 200))
+    better = base * 0.5
+    g = paired_bootstrap_gain(base, better, 1000, seed=3)
+    assert g["gain"] == pytest.approx(np.mean(base - better))
+    assert 0 < g["low"] < g["gain"] < g["high"]
+    # Same seed, same interval; no difference -> an interval around zero.
+    assert paired_bootstrap_gain(base, better, 1000, seed=3) == g
+    noise = paired_bootstrap_gain(base, rng.permutation(base), 1000, seed=3)
+    assert noise["low"] < 0 < noise["high"]
+    with pytest.raises(ValueError, match="same rows"):
+        paired_bootstrap_gain(base, better[:10], 100, seed=1)
+    assert math.isnan(paired_bootstrap_gain(np.array([]), np.array([]), 10, 1)["gain"])

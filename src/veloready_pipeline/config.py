@@ -209,6 +209,16 @@ class TuningSettings(_Section):
     net_eval_every: int = Field(
         default=5, ge=1, le=1000, description="epochs per validation check / pruning report"
     )
+    recovery_population_trials: int | None = Field(
+        default=None, ge=1, le=1000,
+        description="Optuna trials of the recovery population model, tuned once per batch "
+        "on the pooled validation parts (default: n_trials)",
+    )
+    recovery_personal_tuning_min_rows: int = Field(
+        default=365, ge=1, le=100_000,
+        description="training rows a rider needs before their personal recovery trees are "
+        "tuned on their own validation part (fewer: fixed modest settings)",
+    )
     net_pick: Literal["batch", "athlete"] = Field(
         default="batch",
         description="networks: every athlete uses the trial with the best mean validation "

@@ -17,6 +17,7 @@ import pandas as pd
 from veloready_pipeline.load import training_load
 
 BASELINE_DAYS = 28
+FAST_BASELINE_DAYS = 10.0
 SLEEP_NEED_H = 8.0
 REST_TSS = 20.0
 #: Rest days on a non-TSS load (``load_au``, e.g. Whoop Day Strain 0-21): a day is a rest
@@ -48,6 +49,9 @@ RECOVERY_FEATURES: tuple[str, ...] = (
     "illness_confidence",
     "day_of_week",
     "recovery_trend_3d",
+    "hrv_gap_fast",
+    "hrv_gap_week",
+    "rhr_gap_week",
     "alcohol",
     "fatigue",
     "soreness",
@@ -56,9 +60,9 @@ RECOVERY_FEATURES: tuple[str, ...] = (
 )
 # Features that only exist when a sensor does: dropped for an athlete without it.
 SENSOR_GROUPS: dict[str, tuple[str, ...]] = {
-    "hrv": ("hrv_ms", "hrv_delta_pct"),
+    "hrv": ("hrv_ms", "hrv_delta_pct", "hrv_gap_fast", "hrv_gap_week"),
     "sleep_hours": ("sleep_hours", "sleep_debt_h"),
-    "resting_hr": ("resting_hr", "rhr_delta", "rhr_delta_pct"),
+    "resting_hr": ("resting_hr", "rhr_delta", "rhr_delta_pct", "rhr_gap_week"),
     "wellness": ("fatigue", "soreness", "stress", "mood"),
     "training load": ("tss", "ctl", "atl", "tsb", "acwr", "days_since_rest"),
 }
@@ -152,6 +156,18 @@ def build_recovery_features(
     out["resting_hr"] = rhr
     out["rhr_delta"] = rhr - rhr_base
     out["rhr_delta_pct"] = (rhr - rhr_base) / rhr_base * 100.0
+    # What wearables score: today's HRV against a fast-moving personal baseline (an
+    # EWMA of log HRV over the previous days, ~10-day time constant), and the last
+    # week's level against it (a slow HRV drift carries into tomorrow; one day's
+    # value mostly does not). Same for resting HR.
+    ln_hrv = np.log(hrv.where(hrv > 0))
+    hrv_ewma = ln_hrv.shift(1).ewm(alpha=1.0 / FAST_BASELINE_DAYS, ignore_na=True,
+                                   min_periods=5).mean()
+    out["hrv_gap_fast"] = (ln_hrv - hrv_ewma) * 100.0
+    out["hrv_gap_week"] = (ln_hrv.rolling(7, min_periods=3).mean() - hrv_ewma) * 100.0
+    rhr_ewma = rhr.shift(1).ewm(alpha=1.0 / FAST_BASELINE_DAYS, ignore_na=True,
+                                min_periods=5).mean()
+    out["rhr_gap_week"] = rhr.rolling(7, min_periods=3).mean() - rhr_ewma
     tss, load_column = daily_load(cal)  # tss, or a non-TSS load_au when there is no tss
     out["tss"] = tss
     out["planned_tss"] = _col(cal, "planned_tss")
@@ -210,3 +226,59 @@ def sensor_note(features: AthleteFeatures) -> str | None:
         parts.append(f"training load from {features.load_column} (no TSS; its own scale, "
                      "rest days relative to the athlete's own load)")
     return "; ".join(parts) or None
+
+
+# --------------------------------------------------------------- athlete-relative inputs
+# A population model learns across athletes; what "a bad night" means differs per
+# person. Each athlete's own level and spread of a signal, taken from the rows of their
+# *training* part only (validation and test never shape them), turn today's raw values
+# into deviations from that person's normal. The constants travel with the exported
+# model (its metadata), so the app computes the same inputs from the same numbers.
+RELATIVE_SIGNALS: tuple[str, ...] = (
+    "recovery_today", "sleep_score", "sleep_hours", "hrv_ms", "resting_hr", "tss",
+)
+OWN_LEVEL_FEATURES: tuple[str, ...] = ("own_recovery_mean", "own_recovery_sd")
+RELATIVE_FEATURES: tuple[str, ...] = OWN_LEVEL_FEATURES + tuple(
+    f"{s}_z" for s in RELATIVE_SIGNALS)
+POPULATION_RECOVERY_FEATURES: tuple[str, ...] = RECOVERY_FEATURES + RELATIVE_FEATURES
+MIN_SD = {"recovery_today": 1.0, "sleep_score": 1.0, "sleep_hours": 0.1, "hrv_ms": 1.0,
+          "resting_hr": 0.5, "tss": 5.0}
+
+
+def athlete_baseline(rows: pd.DataFrame, train_idx: np.ndarray) -> dict[str, dict[str, float]]:
+    """Mean and SD of each relative signal over an athlete's training rows only.
+
+    Args:
+        rows: the athlete's labelled rows (``AthleteFeatures.labelled()``), oldest first.
+        train_idx: positions of the training part in ``rows``.
+
+    Returns:
+        ``{signal: {"mean": m, "sd": s}}``; a signal without data has NaN mean (its
+        relative inputs are then missing, as the raw ones are). The SD has a floor per
+        signal, so a nearly constant signal never divides by ~0.
+    """
+    out: dict[str, dict[str, float]] = {}
+    part = rows.iloc[np.asarray(train_idx)]
+    for s in RELATIVE_SIGNALS:
+        values = part[s].astype(float) if s in part else pd.Series(dtype=float)
+        values = values[np.isfinite(values)]
+        mean = float(values.mean()) if len(values) else float("nan")
+        sd = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+        out[s] = {"mean": mean, "sd": max(sd, MIN_SD[s]) if np.isfinite(sd) else MIN_SD[s]}
+    return out
+
+
+def relative_feature_frame(rows: pd.DataFrame,
+                           baseline: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """The population model's inputs: the raw features (NaN where an athlete lacks a
+    sensor) plus the athlete-relative ones computed with ``baseline``'s constants."""
+    out = pd.DataFrame(index=rows.index)
+    for name in RECOVERY_FEATURES:
+        out[name] = rows[name].astype(float) if name in rows else np.nan
+    rec = baseline["recovery_today"]
+    out["own_recovery_mean"] = rec["mean"]
+    out["own_recovery_sd"] = rec["sd"]
+    for s in RELATIVE_SIGNALS:
+        b = baseline[s]
+        out[f"{s}_z"] = (out[s] - b["mean"]) / b["sd"]
+    return out[list(POPULATION_RECOVERY_FEATURES)]

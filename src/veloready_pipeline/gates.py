@@ -193,3 +193,37 @@ def zone_gate(metrics: dict[str, float], baselines: dict[str, float],
     add(Check("beats pooled last_test_mae (batch)", pm, pb, "beats",
               _finite(pm) and _finite(pb) and pm < pb))
     return verdict
+
+
+def paired_bootstrap_gain(baseline_err: np.ndarray, model_err: np.ndarray,
+                          n_resamples: int, seed: int,
+                          level: float = 0.95) -> dict[str, float]:
+    """Mean of (baseline error - model error) per row, with a paired bootstrap interval.
+
+    Both error arrays are per test row (e.g. absolute errors); each resample draws the
+    same rows for both, so what is measured is the model's gain over the baseline on
+    this athlete's test part. A positive ``low`` says the model helps this athlete at
+    that confidence; an interval spanning 0 says the test part cannot tell.
+
+    Args:
+        baseline_err / model_err: per-row errors on the same rows (same length).
+        n_resamples: bootstrap resamples (e.g. 1000).
+        seed: the resampling seed (derived from the run's seed).
+        level: two-sided coverage of the percentile interval.
+
+    Returns:
+        ``{"gain": mean difference, "low": ..., "high": ...}`` (NaN without rows).
+    """
+    b = np.asarray(baseline_err, dtype=float)
+    m = np.asarray(model_err, dtype=float)
+    if b.shape != m.shape:
+        raise ValueError(f"paired errors need the same rows, got {b.shape} and {m.shape}")
+    diff = b - m
+    n = len(diff)
+    if n == 0:
+        return {"gain": float("nan"), "low": float("nan"), "high": float("nan")}
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, n, size=(int(n_resamples), n))].mean(axis=1)
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return {"gain": float(diff.mean()), "low": float(low), "high": float(high)}

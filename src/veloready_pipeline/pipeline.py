@@ -299,17 +299,37 @@ def data_digest(frame: pd.DataFrame) -> str:
     return hashlib.sha256(h.tobytes()).hexdigest()[:24]
 
 
+def fit_population(family: str, frame: pd.DataFrame, athlete_ids: list[str],
+                   settings: Settings) -> Any:
+    """A family's population model over every athlete of the run, fitted once before
+    the chunks (recovery; None for families that fit theirs inside each chunk)."""
+    from veloready_pipeline.timing import time_stage
+
+    if family != "recovery":
+        return None
+    from veloready_pipeline.models.recovery import fit_recovery_population
+
+    with time_stage("train", family=family, athletes=len(athlete_ids), part="population"):
+        return fit_recovery_population(frame, athlete_ids, settings)
+
+
 def train_family(family: str, frame: pd.DataFrame, athlete_ids: list[str],
                  settings: Settings,
-                 warm_starts: dict[str, dict[str, Any]] | None = None) -> list[ModelResult]:
-    """Train one family for a chunk of athletes (timed as stage ``train``, see `timing`)."""
+                 warm_starts: dict[str, dict[str, Any]] | None = None,
+                 population: Any = None) -> list[ModelResult]:
+    """Train one family for a chunk of athletes (timed as stage ``train``, see `timing`).
+
+    ``population``: the family's model from `fit_population` (recovery), shared by
+    every chunk; without it a recovery chunk fits one on its own athletes.
+    """
     from veloready_pipeline.timing import time_stage
 
     with time_stage("train", family=family, athletes=len(athlete_ids)):
         if family == "recovery":
             from veloready_pipeline.models.recovery import train_recovery_chunk
 
-            results = train_recovery_chunk(frame, athlete_ids, settings, warm_starts)
+            results = train_recovery_chunk(frame, athlete_ids, settings, warm_starts,
+                                           population)
         else:
             from veloready_pipeline.models.nets import train_net_chunk
 
@@ -450,7 +470,9 @@ def summary_rows(
                 lifecycle_status(out, exports.get(key), manifests.get(r.athlete_id))
         else:
             status = "gate_failed"
-        metrics = {k: r.metrics.get(k) for k in ("rmse", "mae", "r2", "auroc", "brier")
+        metrics = {k: r.metrics.get(k) for k in ("rmse", "mae", "r2", "auroc", "brier",
+                                                  "mae_gain", "mae_gain_ci_low",
+                                                  "mae_gain_ci_high")
                    if k in r.metrics}
         base = {k: v for k, v in r.baselines.items()}
         if r.family in ("recovery", "zones") and base:
@@ -470,6 +492,7 @@ def summary_rows(
             "reason": reason,
             "metrics": metrics,
             "baselines": base,
+            "model_kind": r.extra.get("model_kind"),  # population | personal
             "registry_name": getattr(out, "registered_name", None),
             "registry_version": getattr(out, "version", None),
             "champion": bool(getattr(out, "champion", False)),

@@ -43,7 +43,12 @@ def export_recovery(result: ModelResult, out_dir: Path, name: str) -> dict[str, 
     from veloready_pipeline.export.coreml import export_xgboost
 
     sample = np.asarray(result.test_X, dtype=np.float32)
-    arts = export_xgboost(result.model, result.feature_names, out_dir, name, sample)
+    # The rider's own baseline constants: the app computes the relative inputs with them.
+    meta = ({"veloready.athlete_baseline": json.dumps(result.extra["athlete_baseline"],
+                                                      sort_keys=True)}
+            if result.extra.get("athlete_baseline") else None)
+    arts = export_xgboost(result.model, result.feature_names, out_dir, name, sample,
+                          metadata=meta)
     return {
         "family": result.family,
         "shipped": "coreml",

@@ -61,11 +61,19 @@ def pooled_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             rm = np.array([r["metrics"].get("rmse", np.nan) for r in rs])
             fam_out["pooled_rmse"] = float(np.sqrt(np.nansum(n * rm**2) / n.sum()))
             fam_out["median_rmse"] = float(np.nanmedian(rm))
+            ma = np.array([r["metrics"].get("mae", np.nan) for r in rs])
             for key in sorted({k for r in rs for k in r.get("baselines", {})}):
                 if key.endswith("_rmse"):
                     b = np.array([r["baselines"].get(key, np.nan) for r in rs])
                     fam_out[f"pooled_{key}"] = float(np.sqrt(np.nansum(n * b**2) / n.sum()))
                     fam_out[f"share_beating_{key}"] = float(np.mean(rm < b))
+                elif key.endswith("_mae"):
+                    b = np.array([r["baselines"].get(key, np.nan) for r in rs])
+                    fam_out[f"share_beating_{key}"] = float(np.mean(ma < b))
+            lows = [r["metrics"].get("mae_gain_ci_low") for r in rs]
+            if all(x is not None for x in lows):
+                # Athletes for whom the test part shows the model helps (CI above 0).
+                fam_out["share_mae_gain_ci_above_0"] = float(np.mean(np.array(lows) > 0))
         tests = [r["test"] for r in rs if r.get("test")]
         if fam == "injury" and tests:
             y = np.concatenate([t["y_true"] for t in tests])
@@ -151,18 +159,24 @@ def report_sections(summary: dict[str, Any], pooled: dict[str, dict[str, float]]
         if plots and fam in plots:
             md.append(f"\n![{fam} pooled]({plots[fam]})\n")
     md.append("\n## Per athlete\n")
-    md.append("| athlete | family | status | rmse | mae | r² | auroc | brier | baselines "
-              "| reason |")
-    md.append("|---|---|---|---|---|---|---|---|---|---|")
+    md.append("Model: the population model or the athlete's personal one (picked on "
+              "validation). MAE gain: the mean baseline's test MAE minus the model's, with a "
+              "95 % paired bootstrap interval (above 0: the model helps this athlete).\n")
+    md.append("| athlete | family | status | model | rmse | mae | r² | auroc | brier "
+              "| baselines | MAE gain (95 % CI) | reason |")
+    md.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     shown = rows if per_athlete_limit is None else rows[:per_athlete_limit]
     for r in shown:
         m = r.get("metrics", {}) or {}
         base = ", ".join(f"{k.replace('_', ' ')} {cell(v, 2)}"
                          for k, v in (r.get("baselines") or {}).items()) or "—"
+        gain = (f"{cell(m.get('mae_gain'), 2)} ({cell(m.get('mae_gain_ci_low'), 2)} to "
+                f"{cell(m.get('mae_gain_ci_high'), 2)})" if "mae_gain" in m else "—")
         md.append(f"| {r['athlete_id']} | {r['family']} | {r['status'].replace('_', ' ')} "
+                  f"| {r.get('model_kind') or '—'} "
                   f"| {cell(m.get('rmse'), 2)} | {cell(m.get('mae'), 2)} "
                   f"| {cell(m.get('r2'), 2)} | {cell(m.get('auroc'), 2)} "
-                  f"| {cell(m.get('brier'), 3)} | {md_text(base)} "
+                  f"| {cell(m.get('brier'), 3)} | {md_text(base)} | {gain} "
                   f"| {md_text(str(r.get('reason') or ''))} |")
     if len(shown) < len(rows):
         md.append(f"\n{len(rows) - len(shown)} more athlete models in the full report "
