@@ -142,7 +142,8 @@ def write_report(summary: dict[str, Any], out_dir: Path, settings: Settings) -> 
     create_markdown_artifact(
         key="gate-table",
         markdown="# Weekly training gate table\n\n" + pipeline.counts_markdown(counts)
-        + "\n\nVersions and runs link to the MLflow UI at " + base
+        + "\n\nVersions and runs link to the MLflow UI at "
+        + f"[{base}]({pipeline.mlflow_experiment_url(base, exp_id) or base})"
         + " (`ui.mlflow_url`); the full evaluation report is the `evaluation-report` "
         "artifact.\n\n"
         + pipeline.gate_table_markdown(rows, mlflow_url=base, experiment_id=exp_id),

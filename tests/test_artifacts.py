@@ -40,7 +40,8 @@ def test_gate_table_is_text_with_links_and_full_reasons():
     assert "end-of-reason \\| with a pipe" in md  # whole reason, pipe escaped
     assert "[v3 (champion)](http://mlflow.test:5000/#/models/veloready-recovery-sim-0001/" \
            "versions/3)" in md
-    assert "[abcdef01](http://mlflow.test:5000/#/experiments/7/runs/abcdef0123456789)" in md
+    assert ("[abcdef01](http://mlflow.test:5000/#/experiments/7/runs/abcdef0123456789"
+            "?workflowType=machine_learning)") in md
     assert "| gate failed |" in md
     # every row has the header's number of cells
     widths = {len([c for c in line.replace("\\|", "").split("|")]) for line in md.splitlines()

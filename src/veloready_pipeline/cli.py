@@ -474,7 +474,8 @@ def main(
     typer.echo(f"evaluation report: {summary.get('report', {}).get('html', '')} "
                f"({counts_text(summary['counts'])})")
     typer.echo(f"MLflow UI:        MLFLOW_DISABLE_TELEMETRY=true .venv/bin/mlflow ui "
-               f"--backend-store-uri {uri} --port {ui.mlflow_port}  -> {ui.mlflow_url}")
+               f"--backend-store-uri {uri} --port {ui.mlflow_port}  -> "
+               f"{ui.mlflow_url.rstrip('/')}/#/experiments?workflowType=machine_learning")
     typer.echo("Prefect UI:       PREFECT_HOME=.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false "
                f"PREFECT_SERVER_API_PORT={ui.prefect_port} .venv/bin/prefect server start  -> "
                f"http://127.0.0.1:{ui.prefect_port}")

@@ -545,11 +545,24 @@ def md_text(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|") or MISSING
 
 
+# MLflow 3.17's UI picks its GenAI or model-training view from a switch the browser
+# remembers (default GenAI) or from this query parameter; links open the training view.
+MLFLOW_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def mlflow_experiment_url(base: str, experiment_id: str | None) -> str | None:
+    """The MLflow UI page of an experiment's runs, in the model-training view."""
+    if not experiment_id:
+        return None
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}?{MLFLOW_TRAINING_VIEW}"
+
+
 def mlflow_run_url(base: str, experiment_id: str | None, run_id: str | None) -> str | None:
-    """The MLflow UI page of a run (``#/experiments/<id>/runs/<run_id>``)."""
+    """The MLflow UI page of a run (``#/experiments/<id>/runs/<run_id>``), training view."""
     if not (experiment_id and run_id):
         return None
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+            f"?{MLFLOW_TRAINING_VIEW}")
 
 
 def mlflow_version_url(base: str, name: str | None, version: Any) -> str | None:
