@@ -60,9 +60,19 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [float(v) for v in np.arange(first, hi + step * 1e-9, step)]
 
 
-def _fmt_tick(v: float) -> str:
-    v = 0.0 if abs(v) < 1e-9 else v  # no "-0"
-    return f"{v:.0f}" if abs(v) >= 10 or float(v).is_integer() else f"{v:.1f}"
+def _fmt_tick(v: float, step: float | None = None) -> str:
+    """A tick label with as many decimals as the tick spacing needs (no "-0")."""
+    v = 0.0 if abs(v) < 1e-9 else v
+    if step is None or step <= 0 or not np.isfinite(step):
+        return f"{v:.0f}" if abs(v) >= 10 or float(v).is_integer() else f"{v:.1f}"
+    decimals = 0
+    while decimals < 6 and abs(round(step * 10**decimals) - step * 10**decimals) > 1e-6:
+        decimals += 1
+    return f"{v:.{decimals}f}"
+
+
+def _step(ticks: list[float]) -> float | None:
+    return ticks[1] - ticks[0] if len(ticks) > 1 else None
 
 
 class _Panel:
@@ -91,16 +101,18 @@ class _Panel:
                f'{escape(xlabel)}</text>',
                f'<text transform="translate({self.ox + 12},{(top + bottom) / 2:.1f}) '
                f'rotate(-90)" text-anchor="middle">{escape(ylabel)}</text>']
-        for v in _ticks(self.y0, self.y1):
+        yticks = _ticks(self.y0, self.y1)
+        for v in yticks:
             y = self.sy(v)
             out.append(f'<line x1="{left - 4}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" '
                        'stroke="#444"/>')
             out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" '
                        'stroke="#eee"/>')
             out.append(f'<text x="{left - 6}" y="{y + 3:.1f}" text-anchor="end">'
-                       f'{_fmt_tick(v)}</text>')
+                       f'{_fmt_tick(v, _step(yticks))}</text>')
+        auto = _ticks(self.x0, self.x1)
         for v, label in xticks if xticks is not None else [
-                (t, _fmt_tick(t)) for t in _ticks(self.x0, self.x1)]:
+                (t, _fmt_tick(t, _step(auto))) for t in auto]:
             x = self.sx(v)
             out.append(f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 4}" '
                        'stroke="#444"/>')
