@@ -98,3 +98,18 @@ def test_cli_backfill_before_the_data_is_one_line_exit_2(small_data, veloready_h
     assert run.stderr.strip().splitlines() == [
         "error: backfill 2025-01-01..2025-02-01: every as-of date is before the data, which "
         "covers 2026-03-01..2026-04-09; pick dates in that range"]
+
+
+def test_cli_train_as_of_before_the_data_is_one_line_exit_2(small_data, veloready_home):
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "veloready"), "train", "--as-of", "2025-01-01",
+         "--data", str(small_data), "--families", "recovery"],
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines() == [
+        "error: no rows to train on as of 2025-01-01: the data covers dates "
+        "2026-03-01..2026-04-09 (2 athletes); pick an as-of date from 2026-03-01 to "
+        "2026-04-09"]

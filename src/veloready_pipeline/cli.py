@@ -381,6 +381,13 @@ def train(
         as_of = check_date(as_of, "--as-of")
         since = check_date(since, "--since")
         check_source(settings, data, source, mapping)
+        if as_of or since:  # a window outside the data: one line before any flow starts
+            from veloready_pipeline.pipeline import NoDataError, check_training_window, load_data
+
+            try:
+                check_training_window(load_data(settings, data, source).frame, as_of, since)
+            except NoDataError as exc:
+                raise UserError(str(exc)) from exc
     except UserError as exc:
         write_not_started(summary_json, settings, str(exc), "train")
         raise
