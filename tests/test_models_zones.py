@@ -234,7 +234,11 @@ def test_zone_training_is_reproducible_and_seed_dependent(zone_datasets: dict) -
     assert any(a[k].params != c[k].params for k in a if a[k].status == "trained")
 
 
-def test_grid_sampler_and_per_athlete_pick(zone_datasets: dict) -> None:
+def test_grid_sampler_and_per_athlete_pick(zone_datasets: dict, monkeypatch) -> None:
+    import veloready_pipeline.models.zones as zones
+
+    # These riders have 1-2 validation tests; allow the fine-tune pick for all of them.
+    monkeypatch.setattr(zones, "MIN_PERSONAL_VAL_TESTS", 1)
     settings = _settings(sampler="grid", grid_points=2, n_trials=4, net_pick="athlete")
     results = train_zone_models(zone_datasets, settings)
     trained = [r for r in results.values() if r.status == "trained"]
@@ -448,20 +452,27 @@ def _gain_batch(gains: list[float], n_tests: int, seed: int = 0):
         ftp = last * (1 + g * rel + rng.normal(0, 1e-4, n_tests))
         y = np.outer(ftp, [1, 0.75, 0.91, 1.2]).astype(np.float32)
         idx = np.arange(n_tests)
-        out.append(NetDataset(f"g{k}", "zones", X, y, np.arange(n_tests).astype("datetime64[D]"),
+        dates = (np.arange(n_tests) * 10).astype("datetime64[D]")  # a test every 10 days
+        out.append(NetDataset(f"g{k}", "zones", X, y, dates,
                               list(FEATURE_NAMES_ZONES), idx, idx[-1:], idx[-1:], last,
                               np.ones(n_tests, bool)))
     return out
 
 
 def test_rider_gains_recover_own_gains_when_the_evidence_is_clear() -> None:
-    from veloready_pipeline.models.zones import rider_gains
+    from veloready_pipeline.models.zones import GAIN_BURN_IN_DAYS, rider_gains
 
     truth = [0.1, 0.2, 0.3, 0.4, 0.25, 0.15]
-    gains, info = rider_gains(_gain_batch(truth, 12))
+    gains, info = rider_gains(_gain_batch(truth, 18))
     np.testing.assert_allclose(gains, truth, atol=0.03)  # tiny noise: hardly shrunk
     # Riders who all share one gain: shrunk all the way to the population's.
-    same, info = rider_gains(_gain_batch([0.2] * 6, 12))
+    same, info = rider_gains(_gain_batch([0.2] * 6, 18))
+    # Tests in the first GAIN_BURN_IN_DAYS count for nothing: break them, same gains.
+    broken = _gain_batch(truth, 18)
+    for ds in broken:
+        early = (ds.dates - ds.dates[0]).astype(int) < GAIN_BURN_IN_DAYS
+        ds.y[early] *= 1.5
+    np.testing.assert_allclose(rider_gains(broken)[0], gains)
     assert info["load_gain_population"] == pytest.approx(0.2, abs=0.01)
     np.testing.assert_allclose(same, 0.2, atol=0.01)
 
@@ -480,3 +491,23 @@ def test_zone_net_anchor_is_the_last_test_scaled_by_the_load_change() -> None:
     expected = last * (1 + 0.3 * x[:, ci] / 60)
     np.testing.assert_allclose(predict_zones(net, x)[:, 0], expected, rtol=1e-5)
     np.testing.assert_allclose(predict_zones(net, x)[:, 2], 0.91 * expected, rtol=1e-5)
+
+
+def test_riders_without_enough_validation_tests_keep_the_population_net(zone_datasets) -> None:
+    from veloready_pipeline.models.zones import measured_train_data
+
+    ready = [d for d in zone_datasets.values() if not d.skip_reason]
+    data = measured_train_data(ready)
+    for k, d in enumerate(data):
+        d.personal = k == 0
+    picks, _ = tune_batched(ZONE_FAMILY, data, _settings(n_trials=1), batch_key="p")
+    shared = [p for p, d in zip(picks, data, strict=True) if not d.personal]
+    assert len(shared) >= 2 and all(p.best_epoch == 0 for p in shared)
+    ref = shared[0].model.state_dict()
+    for p, d in zip(picks[1:], data[1:], strict=True):
+        state = p.model.state_dict()
+        for name, value in ref.items():
+            if name != "gain":
+                torch.testing.assert_close(state[name], value)
+        assert float(p.model.gain) == pytest.approx(float(d.buffers["gain"][0]))
+        assert np.isfinite(p.val_loss)

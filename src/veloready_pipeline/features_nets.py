@@ -13,10 +13,12 @@ follow). The app has that test (it is the rider's FTP setting); the network pred
 the change from it. Excluding day *t* matters: a test ride's own 20-min effort *is* the label (FTP ~
 95 % of it), so including it would leak the answer.
 
-FTP is only measured on test days (every 2-6 weeks, each rider's own habit), far too
-few labels to *train* a personal network on, so training uses a dense proxy: between
-two consecutive tests FTP is interpolated linearly day by day; on test days the label
-is the measurement. Rows run from the day after the first test to the last test.
+FTP is only measured on test days (every 2-6 weeks, each rider's own habit). The
+dataset still labels every day (between two consecutive tests FTP is interpolated
+linearly day by day; on test days the label is the measurement, flagged
+``measured``), but the zone nets learn from the measured rows only
+(`models.zones.measured_train_data`): interpolated labels share each test's noise
+across a whole interval. Rows run from the day after the first test to the last test.
 Interpolation needs the *next* test, so the chronological split is made on labelled
 days with the validation/test cut moved onto a test day (`split_at_tests`): no
 test-part measurement shapes a training or validation label.

@@ -842,6 +842,9 @@ class TrainData:
     # Per-athlete buffer values of its personal module (zones: the load anchor's
     # ``gain``); the population module gets their mean.
     buffers: dict[str, np.ndarray] = field(default_factory=dict)
+    # False: too few validation rows to pick a fine-tune on; the athlete keeps the
+    # population network (`tune_batched`).
+    personal: bool = True
 
 
 @dataclass
@@ -1132,14 +1135,22 @@ def tune_batched(
         if t < 0:  # every trial diverged for this athlete: keep the last trial
             t = max(kept)
         model, params = kept[t]
+        plain, val_i, epoch_i = model.unstack(i), float(best_val[i]), int(best_epoch[i])
+        if not data.personal:
+            # Too little validation evidence to choose a fine-tune over the population
+            # network: the athlete gets the population network (with its own buffers).
+            plain = copy.deepcopy(populations[params.get("hidden")][0])
+            _set_stats(plain, data.buffers)
+            plain.eval()
+            val_i, epoch_i = _val_loss(plain, data, family.loss), 0
         picks.append(
             TunedAthlete(
                 athlete_id=data.athlete_id,
-                model=model.unstack(i),
+                model=plain,
                 params=dict(params),
-                val_loss=float(best_val[i]),
+                val_loss=val_i,
                 trial=t,
-                best_epoch=int(best_epoch[i]),
+                best_epoch=epoch_i,
                 val_by_trial=[float(v[i]) for v in val_by_trial],
             )
         )
@@ -1158,6 +1169,16 @@ def tune_batched(
         "trials": records,
     }
     return picks, summary
+
+
+def _val_loss(module: nn.Module, data: TrainData, kind: LossKind) -> float:
+    """One plain module's mean validation loss on its athlete's validation rows."""
+    with torch.no_grad():
+        x = torch.as_tensor(data.x_val, dtype=torch.float32)[None]
+        y = torch.as_tensor(data.y_val, dtype=torch.float32)[None]
+        out = module.forward_normalized(module.normalize_x(x))
+        target = _target_normalized(module, x, y, kind)
+        return float(per_athlete_loss(out, target, torch.ones(x.shape[:2]), kind)[0])
 
 
 def replay_naive(
