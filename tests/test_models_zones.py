@@ -211,6 +211,7 @@ def test_train_zone_models_end_to_end(zone_datasets: dict) -> None:
         assert r.params["source"] == ("population" if r.params["best_epoch"] == 0
                                       else "personal")
         assert r.params["load_gain"] == pytest.approx(float(r.model.gain))
+        assert r.extra["model_kind"] == r.params["source"]
         # The stored predictions are the exported module's own predictions.
         np.testing.assert_allclose(predict_zones(r.model, ds.X[ds.test_idx]), r.test_pred)
         metrics, baselines, _ = evaluate_zone_model(ds, r.model)

@@ -334,4 +334,5 @@ def train_zone_models(
     for r in results.values():
         if r.model is not None:
             r.params["load_gain"] = float(r.model.gain.item())
+            r.extra["model_kind"] = r.params["source"]  # the summary's population | personal
     return results
