@@ -44,7 +44,7 @@ from tasks.training import (
     validate_data,
     write_report,
 )
-from veloready_pipeline import pipeline
+from veloready_pipeline import pipeline, rerun
 from veloready_pipeline.config import Family, Settings, load_settings
 from veloready_pipeline.results import ModelResult
 from veloready_pipeline.validation import data_notes_markdown
@@ -195,15 +195,22 @@ def weekly_training(
     digest = pipeline.data_digest(frame) if len(frame) else "empty"
     registry = RegistryArgs(digest, lineage,
                             settings.resolve(settings.paths.reports_dir) / "plots" / run_id)
-    runner = make_task_runner(settings)
-    results, outcomes = train_chunks.with_options(task_runner=runner)(
-        pipeline.AthleteRows.of(frame), fams, settings, None, progress, registry)
+    # Families whose batch (rows, settings, code) is unchanged since its registered
+    # models were trained and shipped are not retrained (see `rerun`).
+    plan = rerun.plan(frame, fams, settings, as_of, digest)
+    train_fams = plan.to_train(fams)
+    results, outcomes = [], []
+    if train_fams:
+        runner = make_task_runner(settings)
+        results, outcomes = train_chunks.with_options(task_runner=runner)(
+            pipeline.AthleteRows.of(frame), train_fams, settings, None, progress, registry)
     outcomes = review_challengers(outcomes, settings)
     exports = export_models(0, results, shippable_outcomes(outcomes), settings)
     manifests = publish_ota(exports, outcomes, settings)
 
     by_key = {(o.athlete_id, o.family): o for o in outcomes}
     rows = pipeline.summary_rows(results, by_key, exports, quarantined, fams, manifests)
+    rows = rerun.merge_rows(rows, plan.rows(), fams)
     rows += [{"athlete_id": aid, "family": fam, "status": "skipped", "reason": reason,
               "metrics": {}, "registry_version": None, "artifacts": {}}
              for aid, reason in sorted(outcome.skipped.items())
@@ -215,6 +222,7 @@ def weekly_training(
         if row["athlete_id"] in manifests:
             row["artifacts"]["ota_manifest"] = manifests[row["athlete_id"]]
     counts = pipeline.status_counts(rows)
+    recorded = rerun.save(settings, plan.fingerprints, rows, train_fams, run_id)
     summary = {
         "flow_run_id": run_id,
         "started_at": started.isoformat(),
@@ -232,6 +240,8 @@ def weekly_training(
         "mlflow_tracking_uri": settings.mlflow_tracking_uri(),
         "ota_dir": str(settings.resolve(settings.paths.ota_dir)),
         "rows": rows,
+        "rerun": {"unchanged": {f: st.get("flow_run_id") for f, st in plan.unchanged.items()},
+                  "trained": plan.reasons, "recorded": recorded},
     }
     out = Path(summary_json) if summary_json else (
         settings.resolve(settings.paths.reports_dir) / f"summary-{run_id}.json")
@@ -245,7 +255,7 @@ def weekly_training(
         key="data-notes", markdown=data_notes_markdown(outcome.note_counts(), data_notes),
         description="Masked values, dropped rows and every other data note of this run",
     )
-    logger.info("done: %s; summary at %s", pipeline.counts_text(counts), out)
+    logger.info("done: %s; summary at %s", rerun.closing_text(counts, rows), out)
     return summary
 
 

@@ -723,6 +723,17 @@ def _register_version(
         client.delete_registered_model_alias(name, CHALLENGER)
 
 
+def model_aliases(client: MlflowClient, settings: Settings, family: str,
+                  athlete_id: str) -> dict[str, str]:
+    """The ``champion``/``challenger`` aliases of one athlete's model ({} if none)."""
+    try:
+        model = client.get_registered_model(registered_name(settings, family, athlete_id))
+    except MlflowException:
+        return {}
+    aliases = getattr(model, "aliases", None) or {}
+    return {a: str(v) for a, v in sorted(aliases.items()) if a in (CHAMPION, CHALLENGER)}
+
+
 def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
         return str(client.get_model_version_by_alias(name, alias).version)

@@ -45,16 +45,22 @@ def auroc(y: np.ndarray, score: np.ndarray) -> float:
 TRAINED_STATUSES = ("registered", "not_promoted", "unshipped", "gate_failed")
 
 
+def _status(row: dict[str, Any]) -> str:
+    """A row's status; an unchanged row (a re-run did not retrain it) counts as it was."""
+    return str(row.get("previous_status") if row.get("status") == "unchanged"
+               else row.get("status"))
+
+
 def pooled_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Pooled figures per family from the per-athlete rows of a summary."""
     out: dict[str, dict[str, float]] = {}
     by_fam: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        if r.get("metrics") and r["status"] in TRAINED_STATUSES:
+        if r.get("metrics") and _status(r) in TRAINED_STATUSES:
             by_fam.setdefault(r["family"], []).append(r)
     for fam, rs in by_fam.items():
         fam_out: dict[str, float] = {"athletes": float(len(rs)),
-                                     "passed": float(sum(r["status"] != "gate_failed"
+                                     "passed": float(sum(_status(r) != "gate_failed"
                                                          for r in rs))}
         n = np.array([r.get("n_rows", {}).get("test", 0) for r in rs], dtype=float)
         if "rmse" in rs[0]["metrics"] and n.sum() > 0:
