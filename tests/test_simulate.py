@@ -17,8 +17,10 @@ import pytest
 from veloready_pipeline.load import ATL_DAYS, CTL_DAYS, ewma_load, training_load
 from veloready_pipeline.schema import COLUMNS_BY_NAME, POWER_COLUMNS, REQUIRED_COLUMNS
 from veloready_pipeline.simulate import (
+    MIXED_EASY_SHARE,
     SimulationResult,
     describe_calibration,
+    mixed_profiles,
     simulate_athletes,
     truth_paths,
     write_simulation,
@@ -130,6 +132,39 @@ def test_write_simulation_writes_all_files_atomically(small: SimulationResult, t
         small.noise_floor["recovery_rmse"]
     )
     assert truth["truth_files"] == ["truth/athlete_params.parquet", "truth/latent.parquet"]
+
+
+def test_mixed_profile_shares_seed_and_truth(tmp_path) -> None:
+    mixed = simulate_athletes(10, 60, SEED, "mixed")
+    profiles = mixed.athletes["profile"].astype(str).to_numpy()
+    # The stated share, picked from the run's seed, recorded per athlete in the truth.
+    assert (profiles == "easy").sum() == round(MIXED_EASY_SHARE * 10)
+    assert set(profiles) == {"easy", "realistic"}
+    assert list(profiles) == list(mixed_profiles(10, SEED))
+    again = simulate_athletes(10, 60, SEED, "mixed")
+    pd.testing.assert_frame_equal(mixed.frame, again.frame)
+    pd.testing.assert_frame_equal(mixed.athletes, again.athletes)
+    other = [list(mixed_profiles(10, s)) for s in range(SEED + 1, SEED + 6)]
+    assert any(o != list(profiles) for o in other)
+    # Each athlete is drawn under its own profile: the easy ones' recovery is far
+    # better measured (noise floor ~3.5 against ~16.5 on the 0-100 score).
+    floor = mixed.athletes.set_index("athlete_id")["recovery_noise_floor"]
+    easy_ids = mixed.athletes["athlete_id"][profiles == "easy"]
+    real_ids = mixed.athletes["athlete_id"][profiles == "realistic"]
+    assert floor[easy_ids].max() < floor[real_ids].min()
+    assert mixed.noise_floor["recovery_rmse_median_athlete_easy"] < 6
+    assert mixed.noise_floor["recovery_rmse_median_athlete_realistic"] > 10
+    # The profile is truth only: the canonical rows a model reads do not carry it.
+    assert "profile" not in mixed.frame.columns
+    assert list(mixed.frame.columns) == list(simulate_athletes(2, 30, SEED).frame.columns)
+    write_simulation(mixed, tmp_path / "sim")
+    truth = json.loads((tmp_path / "sim" / "truth.json").read_text())
+    assert truth["profile"] == "mixed" and truth["mixed_easy_share"] == MIXED_EASY_SHARE
+    ids = mixed.athletes["athlete_id"]
+    assert truth["athlete_profiles"] == dict(zip(ids, profiles, strict=True))
+    params = pd.read_parquet(truth_paths(tmp_path / "sim")["params"])
+    assert list(params["profile"]) == list(profiles)
+    assert "profile" not in pd.read_parquet(tmp_path / "sim" / "athletes.parquet").columns
 
 
 def test_simulation_folder_reads_as_the_athletes_only(small: SimulationResult, tmp_path) -> None:

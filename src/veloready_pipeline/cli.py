@@ -330,7 +330,7 @@ def simulate(
     athletes: int = typer.Option(20, "--athletes", min=1),
     days: int = typer.Option(180, "--days", min=14),
     seed: int = typer.Option(7, "--seed", min=0),
-    profile: str = typer.Option("realistic", "--profile", help="realistic | easy"),
+    profile: str = typer.Option("realistic", "--profile", help="realistic | easy | mixed"),
     out: Path = typer.Option(Path("data/synthetic"), "--out"),
     start_date: str = typer.Option(
         "auto", "--start-date",
@@ -340,8 +340,9 @@ def simulate(
     """Simulate synthetic athletes into a canonical Parquet file."""
     from veloready_pipeline.simulate import simulate_athletes, write_simulation
 
-    if profile not in ("realistic", "easy"):
-        raise typer.BadParameter("profile must be realistic or easy", param_hint="--profile")
+    if profile not in ("realistic", "easy", "mixed"):
+        raise typer.BadParameter("profile must be realistic, easy or mixed",
+                                 param_hint="--profile")
     if start_date.strip() == "auto":
         import datetime as dt
 

@@ -112,7 +112,7 @@ class SimulatorSettings(_Section):
 
     athletes: int = Field(default=20, ge=1, le=100_000)
     days: int = Field(default=180, ge=14, le=3650)
-    profile: Literal["realistic", "easy"] = "realistic"
+    profile: Literal["realistic", "easy", "mixed"] = "realistic"
     start_date: str = Field(
         default="auto",
         description="first simulated day (YYYY-MM-DD), or 'auto': the history ends today "

@@ -31,7 +31,11 @@ What it models, per athlete (all hidden, returned in `SimulationResult.athletes`
 Two profiles: ``realistic`` is calibrated to what wearable exports show (recovery is
 mostly that morning's HRV against its baseline, so tomorrow is hard to predict);
 ``easy`` is a low-noise world where tomorrow's recovery follows from today's state and
-load, used to exercise the shipping path.
+load, used to exercise the shipping path. ``mixed`` is a cohort of both: a fixed share
+(`MIXED_EASY_SHARE`) of the athletes, picked from the run's seed, is drawn with the
+easy profile's parameters (well-measured), the rest with the realistic ones; each
+athlete's profile is recorded in the truth (``truth/athlete_params.parquet``, column
+``profile``), never in the canonical rows a model reads.
 
 Everything is vectorised over athletes (one NumPy step per simulated day) and
 deterministic per seed.
@@ -55,8 +59,10 @@ from veloready_pipeline.features_nets import INJURY_HORIZON
 from veloready_pipeline.load import ATL_DAYS, CTL_DAYS
 from veloready_pipeline.schema import COLUMNS_BY_NAME, POWER_COLUMNS, POWER_DURATIONS_S
 
-Profile = Literal["realistic", "easy"]
-PROFILES: tuple[str, ...] = ("realistic", "easy")
+Profile = Literal["realistic", "easy", "mixed"]
+PROFILES: tuple[str, ...] = ("realistic", "easy", "mixed")
+# Share of a ``mixed`` cohort drawn with the easy profile (rounded to whole athletes).
+MIXED_EASY_SHARE = 0.4
 
 # Re-draws of the next morning per athlete-day used to estimate E[recovery_{t+1} | day t].
 NOISE_FLOOR_DRAWS = 32
@@ -285,7 +291,8 @@ class SimulationResult:
             from the hidden state for the injury family's label (an onset within
             `features_nets.INJURY_HORIZON` days);
             ``injury_events_per_athlete``.
-        profile: ``realistic`` or ``easy``.
+        profile: ``realistic``, ``easy`` or ``mixed`` (each athlete's own profile is
+            the ``profile`` column of ``athletes``).
         seed: the seed the run was drawn from.
         latent: hidden daily truth per athlete-day (latent FTP, W', CTL/ATL/TSB/ACWR,
             injury hazard and warning signs, illness, expected next-day recovery), for
@@ -604,7 +611,8 @@ def simulate_athletes(
         n_athletes: number of athletes (ids ``sim-0001`` ...).
         days: days per athlete, starting at ``start_date``.
         seed: the run's seed; the same seed gives an identical result.
-        profile: ``realistic`` (wearable-like noise) or ``easy`` (low noise).
+        profile: ``realistic`` (wearable-like noise), ``easy`` (low noise) or
+            ``mixed`` (`MIXED_EASY_SHARE` of the athletes easy, the rest realistic).
         start_date: first simulated day (ISO date).
 
     Returns:
@@ -614,36 +622,94 @@ def simulate_athletes(
     Raises:
         ValueError: for an unknown profile, fewer than 1 athlete or fewer than 14 days.
     """
-    if profile not in _PROFILE_PARAMS:
+    if profile not in PROFILES:
         raise ValueError(f"simulate: profile must be one of {PROFILES}, got {profile!r}")
     if n_athletes < 1:
         raise ValueError(f"simulate: n_athletes must be >= 1, got {n_athletes}")
     if days < 14:
         raise ValueError(f"simulate: days must be >= 14, got {days}")
-    prof = _PROFILE_PARAMS[profile]
-    # Independent streams per concern: changing one part never reshuffles the others.
-    rng_ath, rng_plan, rng_day, rng_nf, rng_pow, rng_miss, rng_obs = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(7)
-    )
     dates = pd.date_range(pd.Timestamp(start_date).normalize(), periods=days, freq="D")
     dow = dates.day_of_week.to_numpy()
-
-    p = _draw_athletes(n_athletes, prof, rng_ath)
-    plan = _draw_plan(p, days, dow, prof, rng_plan)
-    sim = _run_days(p, plan, prof, dow, rng_day, rng_nf, rng_ath)
-    power = _simulate_power(p, plan, sim, prof, rng_pow)
-    obs = _observe(p, plan, sim, power, prof, rng_obs, rng_miss, rng_pow)
+    root = np.random.SeedSequence(seed)
+    if profile == "mixed":
+        profiles = mixed_profiles(n_athletes, seed)
+        # One independent stream family per group (the 8th child of the run's seed; the
+        # first 7 are the single-profile streams), each group simulated as a cohort of
+        # its own, then the athletes are put back in their drawn order.
+        group_seeds = dict(zip(("easy", "realistic"), root.spawn(8)[7].spawn(2), strict=True))
+        parts = {}
+        for name in ("easy", "realistic"):
+            idx = np.flatnonzero(profiles == name)
+            if len(idx):
+                parts[name] = (idx, _simulate_group(len(idx), days, dow,
+                                                    _PROFILE_PARAMS[name], group_seeds[name]))
+        p, plan, sim, power, obs = (
+            _merge_groups([(idx, arrays[k]) for idx, arrays in parts.values()], n_athletes)
+            for k in range(5)
+        )
+    else:
+        profiles = np.full(n_athletes, profile, dtype=object)
+        p, plan, sim, power, obs = _simulate_group(n_athletes, days, dow,
+                                                   _PROFILE_PARAMS[profile], root)
     ids = np.array(_athlete_ids(n_athletes), dtype=object)
     frame = _build_frame(obs, plan, ids, dates)
     noise_floor, per_athlete = _compute_noise_floor(sim, obs)
+    if profile == "mixed":
+        for name in ("easy", "realistic"):
+            sel = per_athlete[profiles == name]
+            noise_floor[f"recovery_rmse_median_athlete_{name}"] = _median(sel)
 
     athletes = pd.DataFrame({"athlete_id": pd.array(ids, dtype="string"), **p})
     athletes["template"] = athletes["template"].astype(int)
+    athletes["profile"] = pd.array(profiles.astype(str), dtype="string")
     athletes["injury_events"] = sim["injury"].sum(axis=1)
     athletes["recovery_noise_floor"] = per_athlete
     return SimulationResult(frame=frame, athletes=athletes, noise_floor=noise_floor,
                             profile=profile, seed=seed,
                             latent=_latent_frame(sim, obs["keep"], ids, dates))
+
+
+def mixed_profiles(n_athletes: int, seed: int) -> np.ndarray:
+    """Each athlete's profile in a ``mixed`` cohort: ``round(MIXED_EASY_SHARE * n)``
+    athletes (at least 1, at most n - 1 when n >= 2), picked from the run's seed, are
+    ``easy``, the rest ``realistic``."""
+    k = int(round(MIXED_EASY_SHARE * n_athletes))
+    if n_athletes >= 2:
+        k = min(max(k, 1), n_athletes - 1)
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(9)[8])
+    out = np.full(n_athletes, "realistic", dtype=object)
+    out[rng.permutation(n_athletes)[:k]] = "easy"
+    return out
+
+
+def _simulate_group(
+    n: int, days: int, dow: np.ndarray, prof: _ProfileParams, seed_seq: np.random.SeedSequence,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray],
+           np.ndarray, dict[str, np.ndarray]]:
+    """One cohort under one profile: (params, plan, truth, power, observations)."""
+    # Independent streams per concern: changing one part never reshuffles the others.
+    rng_ath, rng_plan, rng_day, rng_nf, rng_pow, rng_miss, rng_obs = (
+        np.random.default_rng(s) for s in seed_seq.spawn(7)
+    )
+    p = _draw_athletes(n, prof, rng_ath)
+    plan = _draw_plan(p, days, dow, prof, rng_plan)
+    sim = _run_days(p, plan, prof, dow, rng_day, rng_nf, rng_ath)
+    power = _simulate_power(p, plan, sim, prof, rng_pow)
+    obs = _observe(p, plan, sim, power, prof, rng_obs, rng_miss, rng_pow)
+    return p, plan, sim, power, obs
+
+
+def _merge_groups(parts, n: int):  # type: ignore[no-untyped-def]
+    """Put groups back in athlete order: ``parts`` is [(athlete positions, arrays)], the
+    arrays a dict of per-athlete-first arrays or one such array."""
+    first = parts[0][1]
+    if isinstance(first, dict):
+        return {k: _merge_groups([(idx, d[k]) for idx, d in parts], n) for k in first}
+    dtype = np.result_type(*(a.dtype for _, a in parts))
+    out = np.empty((n, *first.shape[1:]), dtype=dtype)
+    for idx, a in parts:
+        out[idx] = a
+    return out
 
 
 def _run_days(
@@ -1084,6 +1150,12 @@ def write_simulation(result: SimulationResult, out_dir: Path) -> Path:
             "present and whose next-day recovery is observed; Monte Carlo variance "
             "subtracted"
         ),
+        "athlete_profiles": (
+            {str(a): str(v) for a, v in zip(result.athletes["athlete_id"],
+                                            result.athletes["profile"], strict=True)}
+            if "profile" in result.athletes else {}
+        ),
+        **({"mixed_easy_share": MIXED_EASY_SHARE} if result.profile == "mixed" else {}),
         "truth_files": [f"{TRUTH_DIR}/{name}" for name in TRUTH_FILES
                         if name != "latent.parquet" or len(result.latent)],
     }
