@@ -22,7 +22,29 @@ from veloready_pipeline.config import load_settings
 from veloready_pipeline.publish import export_dir
 from veloready_pipeline.simulate import simulate_athletes
 
-pytestmark = pytest.mark.slow
+
+def test_batch_fingerprint_covers_rows_settings_and_code(monkeypatch):
+    from veloready_pipeline import rerun
+
+    base = load_settings()
+    ids = ["a", "b"]
+
+    def fp(settings=base, digest="d1", family="recovery", athletes=ids):
+        return rerun.batch_fingerprint(family, digest, athletes, settings)
+
+    assert fp() == fp()
+    assert fp(digest="d2") != fp()  # another row anywhere in the batch
+    assert fp(athletes=["a"]) != fp()
+    assert fp(family="zones") != fp()
+    assert fp(load_settings(seed=base.seed + 1)) != fp()
+    assert fp(load_settings(tuning={"n_trials": 3})) != fp()
+    assert fp(load_settings(gates={"recovery": {"rmse_max": 7.5}})) != fp()
+    # What cannot change a recovery model: another family's gate, the briefs.
+    assert fp(load_settings(gates={"zones": {"mae_max": 9.0}})) == fp()
+    assert fp(load_settings(briefs={"provider": "rules"})) == fp()
+    before = fp()
+    monkeypatch.setattr(rerun, "_CODE_HASH", "another-module-hash")  # a module edited
+    assert fp() != before
 
 
 @pytest.fixture
@@ -57,6 +79,7 @@ def _statuses(summary: dict) -> dict[str, str]:
     return {r["athlete_id"]: r["status"] for r in summary["rows"]}
 
 
+@pytest.mark.slow
 def test_rerun_skips_unchanged_batch_and_retrains_changed(prefect_api, veloready_home,
                                                            monkeypatch, fits):
     monkeypatch.setenv("VELOREADY_TUNING__N_TRIALS", "3")
