@@ -133,6 +133,9 @@ FEATURE_NAMES_INJURY: list[str] = [
     "tsb_days_below_minus20",
     "sleep_days_below_70",
     "sleep_debt_7d",  # own 28-day sleep-score baseline minus the last 7 days' mean
+    "acwr_7d_mean",  # load spike held over the week (ACWR averaged over 7 days)
+    "tsb_7d_mean",
+    "warning_signs_7d_mean",  # the rule score averaged over the last 7 days
     "injured_last_14d",  # prior injury: an onset within the last 14 days (layoff)
     "injured_15_to_45d",  # ... 15-45 days ago (back from a layoff, re-injury window)
     f"injuries_{INJURY_HISTORY_DAYS}d",  # onsets within the last 180 days
@@ -490,6 +493,9 @@ def injury_daily_frame(athlete_frame: pd.DataFrame) -> pd.DataFrame:
     for name in WARNING_SIGN_NAMES:
         out[name] = signs[name]
         out[f"{name}_share_7d"] = signs[name].rolling(7, min_periods=1).mean()
+    out["acwr_7d_mean"] = out["acwr"].rolling(7, min_periods=1).mean()
+    out["tsb_7d_mean"] = out["tsb"].rolling(7, min_periods=1).mean()
+    out["warning_signs_7d_mean"] = signs.sum(axis=1).rolling(7, min_periods=1).mean()
     out["injury"] = injury
     return out
 

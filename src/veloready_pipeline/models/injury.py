@@ -5,9 +5,12 @@ change from the athlete's own baseline, sleep, recovery, and the warning signs t
 already shows (each of the six signs as 0/1 and as its share of the last 7 days, the
 week-over-week HRV/RHR change, TSB and poor-sleep streaks, sleep debt against the
 athlete's own baseline) plus prior injury (days since the last onset, an onset in the
-last 14 / 15-45 days, onsets in the last 180 days). Athlete-relative inputs let one
-population network serve every rider; measured on 50 realistic riders (seed 7) they
-raise the pooled test AUROC from 0.758 (eleven raw inputs) to 0.785. Output: the probability that an
+last 14 / 15-45 days, onsets in the last 180 days), and ACWR, TSB and the rule score
+averaged over 7 days. Athlete-relative inputs let one population network serve every
+rider. Measured by `bench/injury_auroc.py` (50 realistic riders x 180 days, seeds
+7,1,2,3,4): pooled test AUROC 0.799/0.774/0.795/0.775/0.808, mean 0.790 (eleven raw
+inputs: 0.758 on seed 7; warning-sign score mean 0.693; the simulator's own forecast
+from its hidden state on the same rows 0.846). Output: the probability that an
 injury/overtraining event starts in the next `features_nets.INJURY_HORIZON` days, as a
 0-100 risk (sigmoid x 100), shown in the app as `risk_category` low (< 50) / medium
 (50-70) / high (> 70).
