@@ -88,3 +88,33 @@ def test_postgres_url_works() -> None:
 
         with store.engine.begin() as conn:
             conn.execute(sa.delete(briefs_table).where(briefs_table.c.key == key))
+
+
+@pytest.mark.postgres
+def test_postgres_keeps_a_long_unicode_athlete_id() -> None:
+    """An id the pipeline accepts (300 characters, `/`, `..`, non-Latin) is stored as is
+    on PostgreSQL, in a fresh database so an older table's column types cannot hide it."""
+    import os
+
+    sa = pytest.importorskip("sqlalchemy")
+    admin_url = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+    try:
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        admin.connect().close()
+    except Exception:  # noqa: BLE001 - no server here: nothing to test
+        pytest.skip("PostgreSQL not reachable on 127.0.0.1:5432")
+    name = f"veloready_briefs_{os.getpid()}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        store = BriefStore(f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}")
+        athlete = "Zoë/../山田 " + "x" * 300
+        key = make_brief_key(athlete, DAY, "v1")
+        store.save([record(athlete, key=key)])
+        assert store.valid([key], NOW)[key].athlete_id == athlete
+        store.engine.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

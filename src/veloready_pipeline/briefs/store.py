@@ -27,8 +27,9 @@ metadata = sa.MetaData()
 briefs_table = sa.Table(
     "daily_briefs",
     metadata,
-    sa.Column("key", sa.String(255), primary_key=True),
-    sa.Column("athlete_id", sa.String(128), nullable=False, index=True),
+    # Athlete ids are data (up to 1,000 characters, any script): no length limit here.
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("athlete_id", sa.Text, nullable=False, index=True),
     sa.Column("brief_date", sa.Date, nullable=False, index=True),
     sa.Column("prompt_version", sa.String(32), nullable=False),
     sa.Column("suffix", sa.String(64), nullable=True),
