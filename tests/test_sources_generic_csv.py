@@ -382,3 +382,81 @@ def test_non_tss_load_maps_to_load_au_within_its_range(tmp_path: Path) -> None:
     assert "outside the mapped range 0 to 21" in issue.message
     with pytest.raises(ValueError, match="range.*low < high"):
         load_mapping(mapping(fields={"load_au": {"column": "strain", "range": [21, 0]}}))
+
+
+# --------------------------------------------------------------------------- missing tokens
+
+
+def _token_export(tmp_path: Path) -> tuple[Path, Path, dict[tuple[str, int], str]]:
+    """Two riders, 40 recent days each; tokens in rmssd/load, 'abc' in one load cell."""
+    import datetime as dt
+
+    start = dt.date.today() - dt.timedelta(days=60)
+    a_hrv = ["n/a", "NaN", "null", "#N/A", "None", "-", "NA", ""]  # 7 tokens + 1 blank
+    cells: dict[tuple[str, int], str] = {}
+    lines = ["who,day,rmssd,load,readiness"]
+    for who in ("a", "b"):
+        for i in range(40):
+            hrv, load = str(50 + i % 7), str(40 + i % 5)
+            if who == "a" and i < len(a_hrv):
+                hrv = a_hrv[i]
+            if who == "a" and i in (20, 21):
+                load = "#N/A"
+            if who == "b" and i == 5:
+                hrv = "NaN"
+            if who == "b" and i == 12:
+                load = "abc"
+            cells[(who, len(lines) + 1)] = load
+            lines.append(f"{who},{start + dt.timedelta(days=i)},{hrv},{load},{60 + i % 9}")
+    f = write(tmp_path / "daily.csv", "\n".join(lines) + "\n")
+    m = tmp_path / "mapping.yaml"
+    m.write_text(yaml.safe_dump(mapping(fields={
+        "hrv_ms": "rmssd", "tss": {"column": "load"}, "recovery_score": "readiness"})))
+    return f, m, cells
+
+
+def test_missing_tokens_are_counted_per_athlete_and_column(tmp_path: Path) -> None:
+    f, m, _ = _token_export(tmp_path)
+    result = GenericCsvSource(m, path=f).load()
+    tokens = {(i.athlete_id, i.column): i for i in result.issues if hasattr(i, "count")}
+    assert {k: i.count for k, i in tokens.items()} == {  # type: ignore[attr-defined]
+        ("a", "rmssd"): 7, ("a", "load"): 2, ("b", "rmssd"): 1}
+    assert all(severity_of(i) == "warning" and i.file == str(f) for i in tokens.values())
+    assert tokens[("a", "rmssd")].message == (
+        "7 rmssd cell(s) spelled as missing ('n/a' x1, 'NaN' x1, 'null' x1, '#N/A' x1, "
+        "'None' x1, '-' x1, 'NA' x1): read as missing (hrv_ms)")
+    errors = [(i.athlete_id, i.line, i.column) for i in result.issues
+              if severity_of(i) == "error"]
+    assert errors == [("b", 54, "load")]  # 'abc' is a bad value, not a token
+    a = result.frame[result.frame["athlete_id"] == "a"]
+    assert a["hrv_ms"].isna().sum() == 8 and a["tss"].isna().sum() == 2
+
+
+def test_missing_tokens_and_abc_reach_the_runs_data_notes(tmp_path: Path) -> None:
+    from veloready_pipeline.config import Settings
+    from veloready_pipeline.pipeline import data_notes_line, load_data, validate_ingested
+
+    f, m, cells = _token_export(tmp_path)
+    assert cells[("b", 54)] == "abc"
+    settings = Settings()
+    settings.source.mapping = str(m)
+    ingested = load_data(settings, data=str(f))
+    assert ingested.source == "generic_csv"
+    outcome = validate_ingested(ingested, settings)
+    assert outcome.quarantined == {}
+    a_tokens = {n["column"]: n["count"] for n in outcome.data_notes["a"]
+                if n["kind"] == "missing_tokens"}
+    assert a_tokens == {"rmssd": 7, "load": 2}
+    b_notes = outcome.data_notes["b"]
+    assert [(n["column"], n["count"]) for n in b_notes if n["kind"] == "missing_tokens"] == [
+        ("rmssd", 1)]
+    masked = [n for n in b_notes if n["kind"] == "masked"]
+    assert len(masked) == 1 and masked[0]["column"] == "load" and masked[0]["count"] == 1
+    row = masked[0]["rows"][0]
+    assert (row["file"], row["line"]) == (str(f), 54) and "'abc'" in row["message"]
+    counts = outcome.note_counts()
+    assert (counts["missing_tokens"], counts["masked"], counts["dropped"]) == (10, 1, 0)
+    line = data_notes_line(counts)
+    assert "1 masked values, 0 dropped rows" in line and "10 missing-value tokens" in line
+    b = outcome.clean[outcome.clean["athlete_id"] == "b"]
+    assert len(b) == 40 and b["tss"].isna().sum() == 1

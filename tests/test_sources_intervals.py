@@ -248,3 +248,65 @@ def test_export_folder_with_activities_beside_wellness(tmp_path: Path) -> None:
     # Only an activities export: one clear error.
     with pytest.raises(ValueError, match="only activities exports.*give the wellness export"):
         IntervalsSource(folder / "activities.csv").load()
+
+
+# --------------------------------------------------------------------------- missing tokens
+
+
+def _token_export(tmp_path: Path) -> Path:
+    """40 recent days; tokens in hrv/restingHR/ctlLoad, 'abc' in hrv on line 22."""
+    import datetime as dt
+
+    start = dt.date.today() - dt.timedelta(days=60)
+    header = "date,restingHR,hrv,sleepSecs,readiness,ctl,ctlLoad,weight"
+    rows = []
+    hrv_tokens = ["n/a", "NaN", "null", "#N/A", "None", "-", "NA"]
+    for i in range(40):
+        hrv = hrv_tokens[i] if i < len(hrv_tokens) else str(55 + i % 6)
+        if i == 20:
+            hrv = "abc"  # line 22 (header is line 1)
+        rhr = "NaN" if i in (30, 31) else str(48 + i % 4)
+        load = "#N/A" if i == 35 else str(50 + i % 7)
+        rows.append(f"{start + dt.timedelta(days=i)},{rhr},{hrv},{27000 + 60 * i},"
+                    f"{60 + i % 9},{40 + i % 3},{load},NaN")
+    return export(tmp_path, rows, header=header)
+
+
+def test_missing_tokens_are_counted_per_column(tmp_path: Path) -> None:
+    f = _token_export(tmp_path)
+    result = IntervalsSource(f).load()
+    tokens = {i.column: i for i in result.issues if hasattr(i, "count")}
+    # weight is not read, so its NaN cells are not counted
+    assert {c: i.count for c, i in tokens.items()} == {  # type: ignore[attr-defined]
+        "hrv": 7, "restingHR": 2, "ctlLoad": 1}
+    assert all(i.athlete_id == "i42" and severity_of(i) == "warning" for i in tokens.values())
+    assert tokens["restingHR"].message == (
+        "2 restingHR cell(s) spelled as missing ('NaN' x2): read as missing (resting_hr)")
+    errors = [(i.line, i.column, i.message) for i in result.issues if severity_of(i) == "error"]
+    assert errors == [(22, "hrv", "value 'abc' is not a number; left empty")]
+    assert result.frame["hrv_ms"].isna().sum() == 8
+    # ctlLoad '#N/A' with ctl present: a rest day as for an empty ctlLoad cell
+    assert (result.frame["tss"] == 0).sum() == 1
+
+
+def test_missing_tokens_and_abc_reach_the_runs_data_notes(tmp_path: Path) -> None:
+    from veloready_pipeline.config import Settings
+    from veloready_pipeline.pipeline import data_notes_line, load_data, validate_ingested
+
+    f = _token_export(tmp_path)
+    settings = Settings()
+    ingested = load_data(settings, data=str(f))
+    assert ingested.source == "intervals"
+    outcome = validate_ingested(ingested, settings)
+    assert outcome.quarantined == {}
+    notes = outcome.data_notes["i42"]
+    assert {n["column"]: n["count"] for n in notes if n["kind"] == "missing_tokens"} == {
+        "hrv": 7, "restingHR": 2, "ctlLoad": 1}
+    masked = [n for n in notes if n["kind"] == "masked"]
+    assert len(masked) == 1 and masked[0]["column"] == "hrv"
+    row = masked[0]["rows"][0]
+    assert (row["file"], row["line"]) == (str(f), 22) and "'abc'" in row["message"]
+    counts = outcome.note_counts()
+    assert (counts["missing_tokens"], counts["masked"], counts["dropped"]) == (10, 1, 0)
+    assert "10 missing-value tokens" in data_notes_line(counts)
+    assert len(outcome.clean) == 40

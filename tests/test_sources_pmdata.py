@@ -322,3 +322,30 @@ def test_all_sixteen_people_appear() -> None:
     assert all(i.athlete_id in people and Path(i.file).exists() for i in result.issues)
     assert all(i.line is not None for i in result.issues if i.file.endswith(".csv"))
     assert {severity_of(i) for i in result.issues} == {"warning"}
+
+
+def test_missing_tokens_are_counted_per_column(tmp_path: Path) -> None:
+    participant(
+        tmp_path, wellness=[
+            "2019-11-01T08:00:00.000Z,3,n/a,7,7.5,3,3,[],3",
+            "2019-11-02T08:00:00.000Z,3,NaN,#N/A,7.5,3,3,[],3",
+            "2019-11-03T08:00:00.000Z,abc,4,8,-,3,3,[],3",  # line 4: fatigue 'abc'
+            "2019-11-04T08:00:00.000Z,3,4,8,7,3,3,[],3",
+        ],
+        sleep=["2019-11-01T23:00:00Z,1,NaN,70,70,80,60,50,0.1",
+               "2019-11-02T23:00:00Z,2,80,70,70,80,60,null,0.1"],
+        srpe=["2019-11-01T18:00:00.000Z,['cycling'],5,60"],
+    )
+    result = PMDataSource(tmp_path).load()
+    tokens = {(Path(i.file).name, i.column): i for i in result.issues if hasattr(i, "count")}
+    assert {k: i.count for k, i in tokens.items()} == {  # type: ignore[attr-defined]
+        ("wellness.csv", "mood"): 2, ("wellness.csv", "readiness"): 1,
+        ("wellness.csv", "sleep_duration_h"): 1, ("sleep_score.csv", "overall_score"): 1,
+        ("sleep_score.csv", "resting_heart_rate"): 1}
+    assert all(i.athlete_id == "p99" and severity_of(i) == "warning" for i in tokens.values())
+    assert tokens[("wellness.csv", "readiness")].message == (
+        "1 readiness cell(s) spelled as missing ('#N/A' x1): read as missing (recovery_score)")
+    errors = [(i.line, i.column) for i in result.issues if severity_of(i) == "error"]
+    assert errors == [(4, "fatigue")]
+    days = by_day(result.frame)
+    assert math.isnan(days["2019-11-03"]["fatigue"]) and days["2019-11-03"]["mood"] == 75.0

@@ -124,13 +124,61 @@ def missing_token_notes(
                               "t": cells[hit].fillna("").str.strip()})
         for aid, group in frame.groupby("a", sort=True):
             counts = group["t"].value_counts()
-            shown = ", ".join(f"{tok!r} x{n}" for tok, n in counts.items())
-            notes.append(MissingTokenNote(
-                None if aid == "\0" else str(aid), file, None, column,
-                f"{int(counts.sum())} {column} cell(s) spelled as missing ({shown}): read as "
-                "missing", count=int(counts.sum()),
-            ))
+            notes.append(_token_note(None if aid == "\0" else str(aid), file, column,
+                                     [(str(t), int(n)) for t, n in counts.items()]))
     return notes
+
+
+def _token_note(athlete: str | None, file: str, column: str,
+                counts: list[tuple[str, int]], into: str | None = None) -> MissingTokenNote:
+    """The note for one athlete's column: how often each token was written."""
+    total = sum(n for _, n in counts)
+    shown = ", ".join(f"{tok!r} x{n}" for tok, n in counts)
+    target = f" ({into})" if into and into != column else ""
+    return MissingTokenNote(
+        athlete, file, None, column,
+        f"{total} {column} cell(s) spelled as missing ({shown}): read as missing{target}",
+        count=total,
+    )
+
+
+def is_missing_token(value: object) -> bool:
+    """True for a cell spelled as one of the documented tokens (not for a blank cell)."""
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    return bool(text) and text.lower() in MISSING_TOKENS
+
+
+class MissingTokenTally:
+    """Counts missing-value tokens per (athlete, file, column) while a source reads rows.
+
+    The adapters that read cell by cell (generic CSV, PostgreSQL through the same
+    mapping, intervals.icu, PMData) call `seen` for each cell of a column they use and
+    turn the counts into the same `MissingTokenNote` s the canonical reader makes with
+    `missing_token_notes`, so the run's data notes count tokens the same way whatever
+    the source. ``into`` names the canonical column a source column is read into.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str | None, str, str, str | None], Counter[str]] = {}
+
+    def seen(self, athlete: str | None, file: str, column: str, value: object,
+             into: str | None = None) -> bool:
+        """Count ``value`` if it is a token; True when it was one."""
+        if not is_missing_token(value):
+            return False
+        key = (athlete, file, column, into)
+        self._counts.setdefault(key, Counter())[str(value).strip()] += 1
+        return True
+
+    def notes(self) -> list[MissingTokenNote]:
+        """One note per athlete, file and column (sorted by athlete, file, column)."""
+        return [
+            _token_note(athlete, file, column, counts.most_common(), into)
+            for (athlete, file, column, into), counts in sorted(
+                self._counts.items(), key=lambda kv: tuple(str(k) for k in kv[0]))
+        ]
 
 
 def severity_of(issue: ParseIssue) -> str:

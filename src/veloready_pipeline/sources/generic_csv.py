@@ -110,6 +110,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from veloready_pipeline.schema import COLUMNS_BY_NAME
 from veloready_pipeline.sources.base import ParseIssue, SourceResult
 from veloready_pipeline.sources.common import (
+    MissingTokenTally,
     ResolvedIssue,
     finish_frame,
     is_missing,
@@ -502,11 +503,16 @@ def map_rows(rows: Iterable[RawRow], mapping: GenericMapping) -> MappedRows:
 
     Rows without a usable athlete or date are reported and left out (there is no day
     to put them on); bad values are reported and left empty. An empty date cell is a
-    warning (an unfinished record), an unreadable one an error. Each record keeps its
+    warning (an unfinished record), an unreadable one an error. Cells of mapped columns
+    spelled as a documented missing-value token (``n/a``, ``NaN``, ``#N/A``, ...) are read
+    as missing and counted per athlete, file and column (`MissingTokenNote`); any other
+    text in a numeric field is a bad value (an error naming line and column, the value
+    left empty and masked by validation). Each record keeps its
     local time (``_time``, NaT when unknown) and its place in the input (``_order``) for
     `collapse_days`.
     """
     out = MappedRows()
+    tokens = MissingTokenTally()
     date_cache: dict[object, pd.Timestamp | ValueError] = {}
     time_cache: dict[object, pd.Timestamp] = {}
     by = mapping.same_day.by
@@ -560,6 +566,7 @@ def map_rows(rows: Iterable[RawRow], mapping: GenericMapping) -> MappedRows:
             if spec.column not in row.values:
                 continue
             raw = row.values[spec.column]
+            tokens.seen(athlete, row.file, spec.column, raw, into=name)
             if name in TEXT_FIELDS:
                 record[name] = None if is_missing(raw) else str(raw).strip()
                 continue
@@ -572,6 +579,7 @@ def map_rows(rows: Iterable[RawRow], mapping: GenericMapping) -> MappedRows:
                     f"value {raw!r} for {name} is not usable: {exc}; left empty",
                 ))
         out.records.append(record)
+    out.issues.extend(tokens.notes())
     return out
 
 

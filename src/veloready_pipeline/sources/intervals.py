@@ -49,10 +49,13 @@ not copied: the pipeline recomputes them from ``tss`` with its own constants.
 ``sleepQuality`` and the other standard fields (weight, SpO2, ...) have no canonical
 column and are ignored; custom fields are listed per athlete in the notes. Values on
 a 1-4 scale outside 1-4, and values that are not numbers, are reported with file and
-line and left empty (errors, `ParseIssue`). A date that appears twice keeps the row
-intervals.icu updated last (the ``updated`` timestamp; rows without one, or with equal
-ones, fall back to the later line) and the other is reported as superseded (a warning,
-`ResolvedIssue`); the notes count the superseded rows per athlete.
+line and left empty (errors, `ParseIssue`; validation masks them). Cells of the columns
+read spelled as a documented missing-value token (``NaN``, ``n/a``, ``#N/A``, ...) are
+read as missing and counted per athlete and column (`MissingTokenNote`). A date that
+appears twice keeps the row intervals.icu updated last (the ``updated`` timestamp; rows
+without one, or with equal ones, fall back to the later line) and the other is reported
+as superseded (a warning, `ResolvedIssue`); the notes count the superseded rows per
+athlete.
 
 Folders: the export folder as intervals.icu writes it is accepted: ``wellness.csv``
 (or ``i123_wellness.csv``) with ``activities.csv`` beside it. An activities export
@@ -74,6 +77,7 @@ import pandas as pd
 from veloready_pipeline.sources.base import ParseIssue, SourceResult
 from veloready_pipeline.sources.common import (
     CsvTable,
+    MissingTokenTally,
     ResolvedIssue,
     decode_file,
     finish_frame,
@@ -281,6 +285,14 @@ def _read_export(
     scores_seen: dict[str, list[float]] = {col: [] for col in SCORES}
     eftp_cols = sorted((h for h in table.header if _EFTP.match(h)),
                        key=lambda h: (h != "Ride_eftp", table.header.index(h)))
+    # Columns read into the canonical table (their missing-value tokens are counted).
+    used: dict[str, str] = {
+        **{col: canon for col, (canon, _) in DIRECT.items()}, **FOUR_POINT, **SCORES,
+        **{col: "eftp_w" for col in eftp_cols}, "ctlLoad": "tss", "atlLoad": "tss",
+        "injury": "injury",
+    }
+    used = {col: canon for col, canon in used.items() if col in table.header}
+    tokens = MissingTokenTally()
     superseded = 0
     for row in table.rows:
         v = row.values
@@ -293,6 +305,8 @@ def _read_export(
                                      f"date {v.get(date_col)!r} is not a date; row skipped"))
             continue
         day = day.tz_localize(None).normalize() if day.tzinfo else day.normalize()
+        for col, canon in used.items():
+            tokens.seen(athlete, file, col, v.get(col), into=canon)
         rec: dict[str, object] = {"athlete_id": athlete, "date": day, "_file": file,
                                   "_line": row.line}
         for col, (canon, div) in DIRECT.items():
@@ -381,6 +395,7 @@ def _read_export(
         notes.append(f"custom fields not used: {', '.join(custom)}")
     if not injury_levels:
         notes.append("no injury entries (injury unknown)")
+    issues.extend(tokens.notes())
     return list(by_day.values()), issues, notes
 
 

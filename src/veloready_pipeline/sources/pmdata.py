@@ -59,7 +59,9 @@ scale (PMSys's "unanswered"), runs of at least `READINESS_ZERO_RUN` consecutive
 readiness answers of 0 (a slider left at its default; one participant did so for two
 months), earlier same-day wellness reports superseded by a later one (re-submissions
 are corrections, minutes apart), secondary sleep logs (naps), sleep scores of 0, and
-empty session entries (neither RPE nor duration).
+empty session entries (neither RPE nor duration). Cells of the columns read spelled as a
+documented missing-value token (``NaN``, ``n/a``, ``#N/A``, ...) are read as missing and
+counted per participant and column (`MissingTokenNote`).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ import pandas as pd
 from veloready_pipeline.sources.base import ParseIssue, SourceResult
 from veloready_pipeline.sources.common import (
     CsvTable,
+    MissingTokenTally,
     ResolvedIssue,
     finish_frame,
     is_missing,
@@ -103,6 +106,14 @@ FIVE_POINT: tuple[str, ...] = ("fatigue", "mood", "soreness", "stress")
 WELLNESS_NUMBERS: tuple[str, ...] = (
     "fatigue", "mood", "readiness", "sleep_duration_h", "sleep_quality", "soreness", "stress",
 )
+#: PMData column -> the canonical column it is read into (missing-value tokens in these
+#: columns are counted per participant and column).
+READ_INTO: dict[str, str] = {
+    "readiness": "recovery_score", "sleep_duration_h": "sleep_hours",
+    **{col: col for col in FIVE_POINT}, "overall_score": "sleep_score",
+    "resting_heart_rate": "resting_hr", "perceived_exertion": "session_load",
+    "duration_min": "session_load",
+}
 SEVERITY_RANK: dict[str, int] = {"minor": 1, "major": 2}
 
 #: Days a reported body part stays "known": naming it again within them is not a new injury.
@@ -181,6 +192,13 @@ class Participant:
     issues: list[ParseIssue] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     session_count: int = 0
+    tokens: MissingTokenTally = field(default_factory=MissingTokenTally)
+
+    def count_tokens(self, file: Path, values: dict[str, str]) -> None:
+        """Count the missing-value tokens among the read columns of one row."""
+        for col, canon in READ_INTO.items():
+            if col in values:
+                self.tokens.seen(self.athlete, str(file), col, values[col], into=canon)
 
     def put(self, day: pd.Timestamp, column: str, value: float) -> None:
         self.days.setdefault(day, {})[column] = value
@@ -263,6 +281,7 @@ def read_participant(folder: Path, tz: str = PMDATA_TIMEZONE) -> Participant:
             values["tss"] = values["session_load"] * TSS_PER_SRPE_AU
         if events is not None:
             values["injury"] = events.get(day, 0.0)
+    p.issues.extend(p.tokens.notes())
     if load is not None and p.days:
         sessions = p.session_count
         span = (max(p.days) - min(p.days)).days + 1
@@ -293,6 +312,7 @@ def _read_wellness(p: Participant, path: Path, tz: str) -> None:
         except ValueError as exc:
             p.issue(path, row.line, "effective_time_frame", f"{exc}; row skipped")
             continue
+        p.count_tokens(path, row.values)
         answers: dict[str, float] = {}
         for col in WELLNESS_NUMBERS:
             raw = row.values.get(col)
@@ -397,6 +417,7 @@ def _read_sleep_scores(p: Participant, path: Path, tz: str) -> dict[pd.Timestamp
         except ValueError as exc:
             p.issue(path, row.line, "timestamp", f"{exc}; row skipped")
             continue
+        p.count_tokens(path, row.values)
         nums: dict[str, float] = {}
         for col in ("overall_score", "duration_score", "resting_heart_rate"):
             raw = row.values.get(col)
@@ -492,6 +513,7 @@ def _read_sessions(p: Participant, path: Path, tz: str) -> dict[pd.Timestamp, fl
     load: dict[pd.Timestamp, float] = {}
     for row in table.rows:
         v = row.values
+        p.count_tokens(path, v)
         try:
             rpe = parse_number(v.get("perceived_exertion"))
             minutes = parse_number(v.get("duration_min"))
