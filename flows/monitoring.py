@@ -74,6 +74,12 @@ def daily_monitoring(settings: Settings | None = None, data: str | None = None,
     frame = _load_frame(settings, data, as_of, athlete_ids)
     stored = store_predictions(frame, settings, as_of)
     daily, statuses = score_live_metrics(frame, settings, as_of)
+    for st in statuses:  # a champion that could not predict says why, not just "no data"
+        err = stored.get("errors", {}).get(st.athlete_id)
+        if err:
+            logger.warning("athlete %s: champion predictions failed: %s", st.athlete_id, err)
+            st.reasons = [f"prediction failed: {err}"] + [
+                r for r in st.reasons if r != "no scored predictions yet"]
     runs = log_live_metrics(settings, daily, statuses)
     flagged = [s for s in statuses if s.flagged]
     actions: dict[str, str] = {}

@@ -147,6 +147,42 @@ def test_prediction_store_is_idempotent(tmp_path):
     store.dispose()
 
 
+def test_serving_computes_the_pooled_models_relative_inputs_as_training_did():
+    """The champion's live predictions use the same athlete-relative inputs as training
+    (own mean/SD from the run's ``athlete_baseline``, which is also the Core ML export's
+    ``veloready.athlete_baseline``): on its test days they equal its test predictions."""
+    import json
+
+    from helpers_data import toy_athlete
+    from veloready_pipeline.features import RELATIVE_FEATURES
+    from veloready_pipeline.models.recovery import train_recovery_model
+    from veloready_pipeline.monitoring import _parse_baseline, predict_recovery_days
+
+    settings = load_settings(tuning={"n_trials": 2, "recovery_population_trials": 2})
+    rows = toy_athlete(n=120, seed=5, noise=2.0)
+    r = train_recovery_model(rows, settings)
+    assert set(RELATIVE_FEATURES) <= set(r.model.feature_names)
+    # one set of constants: run param (monitoring) == export metadata (the phone)
+    assert r.params["athlete_baseline"] == json.dumps(r.extra["athlete_baseline"],
+                                                      sort_keys=True)
+    baseline, problem = _parse_baseline(r.params["athlete_baseline"])
+    assert problem is None
+    aid = str(rows["athlete_id"].iloc[0])
+    champ = ChampionModel(aid, "recovery", "m", "1", "run", r.metrics["mae"],
+                          r.metrics["rmse"], r.data_window["start"], r.data_window["end"],
+                          r.data_window["test_start"], baseline)
+    first, last = (dt.date.fromisoformat(d) for d in (r.test_dates[0], r.test_dates[-1]))
+    live = predict_recovery_days(rows, champ, r.model, first, last)
+    by_day = {p["feature_date"].isoformat(): p["prediction"] for p in live}
+    assert list(by_day) == r.test_dates
+    got = np.array([by_day[d] for d in r.test_dates])
+    assert np.max(np.abs(got - r.test_pred)) < 1e-3  # constants rounded to 4 decimals
+    # without the constants the inputs cannot be built: a clear error, not a silent skip
+    blind = ChampionModel(aid, "recovery", "m", "1", "run", 3.0, 4.0, "", "", "")
+    with pytest.raises(ValueError, match="athlete_baseline"):
+        predict_recovery_days(rows, blind, r.model, first, last)
+
+
 # ------------------------------------------------------------------ the daily flow
 
 

@@ -26,6 +26,7 @@ family, model version and target day, so re-running a day stores nothing twice.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -144,6 +145,25 @@ class ChampionModel:
     data_start: str
     data_end: str
     test_start: str
+    #: The rider's own mean/SD per signal from the training part (run param
+    #: ``athlete_baseline``, the same constants the Core ML export carries as
+    #: ``veloready.athlete_baseline``); None for models without athlete-relative inputs.
+    athlete_baseline: dict[str, dict[str, float | None]] | None = None
+    baseline_error: str | None = None
+
+
+def _parse_baseline(raw: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The run's ``athlete_baseline`` param as a dict, or why it cannot be used."""
+    if not raw:
+        return None, None
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        return None, f"run param athlete_baseline is not valid JSON ({exc}; {len(raw)} chars)"
+    if not isinstance(value, dict) or not all(
+            isinstance(v, dict) and "mean" in v and "sd" in v for v in value.values()):
+        return None, "run param athlete_baseline is not {signal: {mean, sd}}"
+    return value, None
 
 
 def champions_for(settings: Settings, athlete_ids: Iterable[str], family: str = "recovery",
@@ -162,34 +182,59 @@ def champions_for(settings: Settings, athlete_ids: Iterable[str], family: str = 
         run_id = mv.run_id or mv.tags.get("run_id", "")
         tags: dict[str, str] = {}
         metrics: dict[str, float] = {}
+        params: dict[str, str] = {}
         if run_id:
             try:
                 run = client.get_run(run_id)
                 tags, metrics = dict(run.data.tags), dict(run.data.metrics)
+                params = dict(run.data.params)
             except MlflowException:
                 pass
         test = {k: float(mv.tags[f"metric.{k}"]) if mv.tags.get(f"metric.{k}")
                 else metrics.get(k) for k in ("mae", "rmse")}
+        baseline, problem = _parse_baseline(params.get("athlete_baseline"))
         out[aid] = ChampionModel(aid, family, name, str(mv.version), run_id,
                                  test["mae"], test["rmse"], tags.get("data_start", ""),
-                                 tags.get("data_end", ""), tags.get("test_start", ""))
+                                 tags.get("data_end", ""), tags.get("test_start", ""),
+                                 baseline, problem)
     return out
 
 
 def predict_recovery_days(athlete_rows: pd.DataFrame, champion: ChampionModel, booster: Any,
-                          start: dt.date, end: dt.date) -> list[dict[str, Any]]:
+                          start: dt.date, end: dt.date,
+                          target: str = "recovery_score") -> list[dict[str, Any]]:
     """The champion's prediction for each feature day in [start, end] of one athlete.
 
     Features use only days up to each feature day (see `veloready_pipeline.features`),
     so predicting a range at once equals predicting one day at a time as data arrives.
+    A model with athlete-relative inputs (the pooled recovery model) gets them computed
+    with the constants recorded at training (``champion.athlete_baseline``), exactly as
+    in training and in the app; raw inputs of a sensor the rider lacks are missing
+    (NaN), as they were in training.
     """
-    from veloready_pipeline.features import build_recovery_features
+    from veloready_pipeline.features import (
+        RELATIVE_FEATURES,
+        build_recovery_features,
+        relative_feature_frame,
+    )
 
     if end < start or athlete_rows.empty:
         return []
-    feats = build_recovery_features(athlete_rows)
+    feats = build_recovery_features(athlete_rows, target=target)
     frame = feats.frame
     names = list(booster.feature_names or [])
+    if any(n in RELATIVE_FEATURES for n in names):
+        if champion.athlete_baseline is None:
+            raise ValueError(
+                f"athlete {champion.athlete_id}: champion v{champion.version} takes "
+                "athlete-relative inputs but "
+                + (champion.baseline_error or "its run records no athlete_baseline param")
+                + "; cannot compute them as in training")
+        baseline = {s: {k: (math.nan if v is None else float(v)) for k, v in b.items()}
+                    for s, b in champion.athlete_baseline.items()}
+        frame = relative_feature_frame(frame, baseline).join(
+            frame[[c for c in frame.columns if c not in RELATIVE_FEATURES
+                   and c not in names]])
     missing = [n for n in names if n not in frame.columns]
     if missing:
         raise ValueError(f"athlete {champion.athlete_id}: champion v{champion.version} needs "
@@ -275,7 +320,8 @@ def store_champion_predictions(frame: pd.DataFrame, settings: Settings, *,
         first = max(first, stop - dt.timedelta(days=settings.monitoring.max_catch_up_days - 1))
         try:
             booster = load_booster(f"models:/{champ.name}/{champ.version}")
-            new = predict_recovery_days(data, champ, booster, first, stop)
+            new = predict_recovery_days(data, champ, booster, first, stop,
+                                        target=settings.recovery_target)
         except Exception as exc:  # noqa: BLE001 - one athlete's failure is reported
             errors[aid] = f"{type(exc).__name__}: {exc}"
             continue

@@ -471,7 +471,9 @@ def _log_run_data(client: MlflowClient, run: Any, result: ModelResult, out: Regi
             for k, v in {**result.metrics, **_flat("baseline_", result.baselines)}.items()
             if v is not None and np.isfinite(v)
         ],
-        params=[Param(k, str(v)[:500]) for k, v in result.params.items()]
+        # athlete_baseline whole (monitoring recomputes the relative inputs from it)
+        params=[Param(k, str(v)[:6000 if k == "athlete_baseline" else 500])
+                for k, v in result.params.items()]
         + [Param(f"n_{k}", str(v)) for k, v in result.n_rows.items()]
         + [Param("features", ",".join(result.feature_names)[:6000])],
         tags=[RunTag("gate_checks", json.dumps(verdict.as_dict() if verdict else {}))],
