@@ -295,5 +295,7 @@ def monitor_command(
     typer.echo(f"predictions stored: {out['predictions']['stored']} "
                f"({out['predictions']['champions']} champions)")
     typer.echo(f"flagged: {', '.join(out['flagged']) or 'none'} of {out['monitored']} monitored")
+    for aid, err in sorted(out["predictions"].get("errors", {}).items()):
+        typer.echo(f"  {aid}: prediction failed, not monitored: {err}", err=True)
     for aid, action in out.get("actions", {}).items():
         typer.echo(f"  {aid}: {action}")
