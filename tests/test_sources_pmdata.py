@@ -349,3 +349,37 @@ def test_missing_tokens_are_counted_per_column(tmp_path: Path) -> None:
     assert errors == [(4, "fatigue")]
     days = by_day(result.frame)
     assert math.isnan(days["2019-11-03"]["fatigue"]) and days["2019-11-03"]["mood"] == 75.0
+
+
+def test_abc_is_masked_and_tokens_counted_in_the_runs_data_notes(tmp_path: Path) -> None:
+    """PMData rows carry no file/line; the bad value names its day, so it is masked."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from veloready_pipeline.config import Settings
+    from veloready_pipeline.pipeline import data_notes_line, load_data, validate_ingested
+
+    start = dt.datetime.now(dt.UTC).replace(hour=8) - dt.timedelta(days=60)
+    rows = []
+    for i in range(40):
+        stamp = (start + dt.timedelta(days=i)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        rows.append(f"{stamp},{'abc' if i == 10 else 3},{'n/a' if i < 3 else 4},7,7.5,3,3,"
+                    "[],3")
+    participant(tmp_path / "pm", wellness=rows)
+    settings = Settings()
+    ingested = load_data(settings, data=str(tmp_path / "pm"))
+    assert ingested.source == "pmdata"
+    outcome = validate_ingested(ingested, settings)
+    assert outcome.quarantined == {}
+    notes = outcome.data_notes["p99"]
+    assert [(n["column"], n["count"]) for n in notes if n["kind"] == "missing_tokens"] == [
+        ("mood", 3)]
+    masked = [n for n in notes if n["kind"] == "masked"]
+    assert len(masked) == 1 and masked[0]["column"] == "fatigue"
+    row = masked[0]["rows"][0]
+    day = (start + dt.timedelta(days=10)).astimezone(ZoneInfo("Europe/Oslo")).date()
+    assert (row["line"], row["date"]) == (12, str(day)) and "'abc'" in row["message"]
+    counts = outcome.note_counts()
+    assert (counts["missing_tokens"], counts["masked"], counts["dropped"]) == (3, 1, 0)
+    assert "1 masked values, 0 dropped rows" in data_notes_line(counts)
+    assert len(outcome.clean) == 40

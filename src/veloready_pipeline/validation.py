@@ -1006,9 +1006,13 @@ def _collect_parse_issues(
         pos = in_frame.get((issue.file, issue.line)) if issue.column else None
         if pos is not None:
             ex["date"] = rows.example(pos)["date"]
+        # A source without per-row provenance names the day whose value it left empty.
+        day = getattr(issue, "day", None) if issue.column else None
+        if pos is None and day is not None:
+            ex["date"] = day
         entry = _entry(bad, aid, RULE_PARSE, issue.column or "(row)", None,
                        {"message": issue.message},
-                       action="masked" if pos is not None else "dropped")
+                       action="masked" if pos is not None or day is not None else "dropped")
         _add_item(entry, None, ex)
     return lines
 

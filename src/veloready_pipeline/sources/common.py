@@ -80,6 +80,18 @@ class ResolvedIssue(ParseIssue):
 
 
 @dataclass(frozen=True)
+class BadValueIssue(ParseIssue):
+    """A value a source could not read and left empty in a row it kept, on ``day``.
+
+    For sources whose rows carry no file and line (PMData merges one day from several
+    files), so validation can tell a masked value from a dropped row: the day's row is
+    in the frame, only this value is missing. ``day`` is ``YYYY-MM-DD``.
+    """
+
+    day: str | None = None
+
+
+@dataclass(frozen=True)
 class MissingTokenNote(ResolvedIssue):
     """``count`` cells of one athlete's column spelled as a missing-value token.
 

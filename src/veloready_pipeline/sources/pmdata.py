@@ -61,7 +61,9 @@ months), earlier same-day wellness reports superseded by a later one (re-submiss
 are corrections, minutes apart), secondary sleep logs (naps), sleep scores of 0, and
 empty session entries (neither RPE nor duration). Cells of the columns read spelled as a
 documented missing-value token (``NaN``, ``n/a``, ``#N/A``, ...) are read as missing and
-counted per participant and column (`MissingTokenNote`).
+counted per participant and column (`MissingTokenNote`). A value that cannot be read on a
+day that is kept (``abc`` as an answer) is a `BadValueIssue` naming that day, so validation
+masks it (the day's other values stay) instead of counting a dropped row.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ import pandas as pd
 
 from veloready_pipeline.sources.base import ParseIssue, SourceResult
 from veloready_pipeline.sources.common import (
+    BadValueIssue,
     CsvTable,
     MissingTokenTally,
     ResolvedIssue,
@@ -207,6 +210,12 @@ class Participant:
         """An error: a value or row that could not be read."""
         self.issues.append(ParseIssue(self.athlete, str(file), line, column, message))
 
+    def bad_value(self, day: pd.Timestamp, file: Path, line: int | None, column: str,
+                  message: str) -> None:
+        """An error for one value left empty on ``day`` (the day's row is kept)."""
+        self.issues.append(BadValueIssue(self.athlete, str(file), line, column, message,
+                                         day=f"{day:%Y-%m-%d}"))
+
     def warn(self, file: Path, line: int | None, column: str | None, message: str) -> None:
         """A warning: something this source settled itself (superseded, empty, a nap)."""
         self.issues.append(ResolvedIssue(self.athlete, str(file), line, column, message))
@@ -319,7 +328,8 @@ def _read_wellness(p: Participant, path: Path, tz: str) -> None:
             try:
                 answers[col] = parse_number(raw)
             except ValueError:
-                p.issue(path, row.line, col, f"value {raw!r} is not a number; left empty")
+                p.bad_value(day, path, row.line, col,
+                            f"value {raw!r} is not a number; left empty")
                 answers[col] = math.nan
         if all(answers[c] == 0 for c in WELLNESS_NUMBERS):
             p.warn(path, row.line, None,
@@ -332,12 +342,13 @@ def _read_wellness(p: Participant, path: Path, tz: str) -> None:
                        "left empty")
                 answers[col] = math.nan
             elif not math.isnan(x) and not 1 <= x <= 5:
-                p.issue(path, row.line, col, f"{col} {x:g} is outside the 1-5 scale; left empty")
+                p.bad_value(day, path, row.line, col,
+                            f"{col} {x:g} is outside the 1-5 scale; left empty")
                 answers[col] = math.nan
         r = answers["readiness"]
         if not math.isnan(r) and not 0 <= r <= 10:
-            p.issue(path, row.line, "readiness",
-                    f"readiness {r:g} is outside the 0-10 scale; left empty")
+            p.bad_value(day, path, row.line, "readiness",
+                        f"readiness {r:g} is outside the 0-10 scale; left empty")
             answers["readiness"] = math.nan
         h = answers["sleep_duration_h"]
         if h == 0:
@@ -345,8 +356,8 @@ def _read_wellness(p: Participant, path: Path, tz: str) -> None:
                    "left empty")
             answers["sleep_duration_h"] = math.nan
         elif not math.isnan(h) and not 0 < h <= 24:
-            p.issue(path, row.line, "sleep_duration_h",
-                    f"sleep_duration_h {h:g} is not a sleep duration (0-24 h); left empty")
+            p.bad_value(day, path, row.line, "sleep_duration_h",
+                        f"sleep_duration_h {h:g} is not a sleep duration (0-24 h); left empty")
             answers["sleep_duration_h"] = math.nan
         entries.append((stamp, day, row.line, answers))
     entries.sort(key=lambda e: e[0])
@@ -424,15 +435,16 @@ def _read_sleep_scores(p: Participant, path: Path, tz: str) -> dict[pd.Timestamp
             try:
                 nums[col] = parse_number(raw)
             except ValueError:
-                p.issue(path, row.line, col, f"value {raw!r} is not a number; left empty")
+                p.bad_value(day, path, row.line, col,
+                            f"value {raw!r} is not a number; left empty")
                 nums[col] = math.nan
         score = nums["overall_score"]
         if score == 0:
             p.warn(path, row.line, "overall_score", "overall_score 0: no score; left empty")
             score = math.nan
         elif not math.isnan(score) and not 0 < score <= 100:
-            p.issue(path, row.line, "overall_score",
-                    f"overall_score {score:g} is outside 1-100; left empty")
+            p.bad_value(day, path, row.line, "overall_score",
+                        f"overall_score {score:g} is outside 1-100; left empty")
             score = math.nan
         hr = nums["resting_heart_rate"]
         hr = math.nan if hr == 0 else hr
