@@ -32,6 +32,7 @@ def validate_data(ingested: pipeline.IngestResult, settings: Settings,
                   as_of: str | None = None, since: str | None = None) -> Any:
     """Great Expectations suites in the training window: bad rows dropped or masked and
     reported, unusable athletes quarantined; writes the reports and the data notes."""
+    from veloready_pipeline.ids import athlete_key
     from veloready_pipeline.validation import write_quarantine_reports
 
     outcome = pipeline.validate_ingested(ingested, settings, as_of, since)
@@ -44,9 +45,9 @@ def validate_data(ingested: pipeline.IngestResult, settings: Settings,
     for aid, report in sorted(outcome.quarantined.items()):
         fails = getattr(report, "failures", []) or [{}]
         first = fails[0]
-        log.warning("validate: %s quarantined (%d failed checks, first: %s / %s); report "
+        log.warning("validate: %r quarantined (%d failed checks, first: %s / %s); report "
                     "in %s", aid, len(getattr(report, "failures", [])), first.get("column"),
-                    first.get("rule"), folder / f"{aid}.md")
+                    first.get("rule"), folder / f"{athlete_key(aid)}.md")
     return outcome
 
 

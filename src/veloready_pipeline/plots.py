@@ -138,7 +138,7 @@ def model_svg(result: ModelResult, out_dir: Path) -> Path:
     Hand-written SVG (~1 ms; matplotlib costs ~0.3 s a model); the MLflow UI shows it.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"residuals-{result.family}-{result.athlete_id}.svg"
+    path = out_dir / f"residuals-{result.family}-{athlete_key(result.athlete_id)}.svg"
     fam, unit = result.family, _UNITS.get(result.family, "value")
     y = np.asarray(result.test_y if result.test_y is not None else [], dtype=float)
     p = np.asarray(result.test_pred if result.test_pred is not None else [], dtype=float)
