@@ -607,9 +607,15 @@ def make_injury_dataset(
     tr, va = tr[: len(tr) - horizon], va[: max(0, len(va) - horizon)]
     # Fill what carrying forward could not (leading gaps, absent sensors) with the
     # training part's mean: past-only information, identical for every later row.
-    fill = np.nanmean(X[tr].reshape(-1, X.shape[-1]), axis=0) if len(tr) else None
-    if fill is not None:
-        fill = np.where(np.isfinite(fill), fill, 0.0)
+    # An input with no value at all in the training part (sensor absent) is filled with 0
+    # and named in the notes below; sums and counts instead of nanmean, which warns there.
+    fill = None
+    if len(tr):
+        flat = X[tr].reshape(-1, X.shape[-1])
+        seen = np.isfinite(flat)
+        count = seen.sum(axis=0)
+        total = np.where(seen, flat, 0.0).sum(axis=0)
+        fill = np.where(count > 0, total / np.maximum(count, 1), 0.0)
         X = np.where(np.isnan(X), fill[None, None, :], X).astype(np.float32)
     notes = []
     missing = [nm for k, nm in enumerate(names) if not np.isfinite(X[..., k]).any()
