@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +29,7 @@ import pytest
 import sqlalchemy as sa
 
 from helpers_data import toy_athlete
+from helpers_prefect import running_prefect_server
 from veloready_pipeline.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,12 +257,6 @@ def test_production_config_loads_and_env_switches_it(monkeypatch):
 # ------------------------------------------------------------------ Prefect server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 TINY_FLOW = """
 from prefect import flow, task
 
@@ -285,32 +277,9 @@ def test_prefect_server_on_postgres_runs_a_flow(pg_database, tmp_path):
     import httpx
 
     db_url = pg_database.replace("postgresql+psycopg2://", "postgresql+asyncpg://")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_DATABASE_CONNECTION_URL": db_url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_UI_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-    }
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
-         "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{api}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "Prefect server did not become healthy"
-            time.sleep(1)
+    server_env = {"PREFECT_API_DATABASE_CONNECTION_URL": db_url,
+                  "PREFECT_LOGGING_LEVEL": "WARNING"}
+    with running_prefect_server(tmp_path, server_env, strip=("PREFECT_",)) as (api, env, _):
         client_env = env | {"PREFECT_API_URL": api}
         client_env.pop("PREFECT_API_DATABASE_CONNECTION_URL")
         run = subprocess.run([sys.executable, "-c", TINY_FLOW], env=client_env,
@@ -329,11 +298,3 @@ def test_prefect_server_on_postgres_runs_a_flow(pg_database, tmp_path):
         assert [(n, str(s)) for n, s in stored] == [("tiny-postgres-flow", "COMPLETED")]
         tasks = httpx.post(f"{api}/task_runs/filter", json={}, timeout=30).json()
         assert len(tasks) == 3 and {t["state_type"] for t in tasks} == {"COMPLETED"}
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
-        log.close()

@@ -14,8 +14,6 @@ the weekly deployment never ran. SQLAlchemy is pinned to 2.0.x for this.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,59 +24,22 @@ from pathlib import Path
 import pytest
 
 from deployments.training_deployments import WEEKLY_CRON
+from helpers_prefect import running_prefect_server
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def scheduler_server(tmp_path_factory) -> Iterator[tuple[str, dict[str, str], Path]]:
     """`prefect server start` with a 2 s scheduler loop; yields the API URL, a client
     environment and the server's log file."""
-    import httpx
-
     home = tmp_path_factory.mktemp("prefect-sched")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env |= {"PREFECT_HOME": str(home / "prefect-home"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_SERVER_UI_ENABLED": "false",
-            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
-            "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "2"}
-    log_path = home / "server.log"
-    log = log_path.open("w")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
-         "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, log_path.read_text()[-3000:]
-            try:
-                if httpx.get(f"{api}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "Prefect server did not become healthy"
-            time.sleep(0.5)
+    loops = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+             "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "2"}
+    with running_prefect_server(home, loops) as (api, env, log_path):
         yield api, env | {"PREFECT_API_URL": api}, log_path
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
-        log.close()
 
 
 def test_weekly_cron_deployment_gets_scheduled_runs(scheduler_server) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers_prefect import running_prefect_server
 from veloready_pipeline.simulate import simulate_athletes
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _flow_run_logs(api: str, flow_run_ids: list[str]) -> list[dict]:
@@ -47,40 +41,9 @@ def _flow_run_logs(api: str, flow_run_ids: list[str]) -> list[dict]:
 def prefect_server(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
     """`prefect server start` on SQLite in its own PREFECT_HOME and a free port; yields
     the API URL and the environment a client process needs."""
-    import httpx
-
     home = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env |= {"PREFECT_HOME": str(home / "prefect-home"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_SERVER_UI_ENABLED": "false"}
-    log = (home / "server.log").open("w")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
-         "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, (home / "server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{api}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "Prefect server did not become healthy"
-            time.sleep(0.5)
+    with running_prefect_server(home) as (api, env, _log):
         yield api, env | {"PREFECT_API_URL": api}
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
-        log.close()
 
 
 def test_pipeline_info_logs_reach_a_prefect_server(prefect_server, tmp_path: Path) -> None:
