@@ -1,4 +1,4 @@
-"""Daily live monitoring of champions, and the daily prediction store feeding it.
+"""Daily live monitoring of champions; its first stages store their daily predictions.
 
 Stages of `daily_monitoring` (each a Prefect task over all athletes):
 
@@ -40,20 +40,6 @@ def _load_frame(settings: Settings, data: str | None, as_of: str | None,
     ingested = ingest_data(settings, data, None)
     outcome = validate_data(ingested, settings, as_of)
     return pipeline.select_athletes(pipeline.cut_as_of(outcome.clean, as_of), athlete_ids)
-
-
-@flow(name="store-champion-predictions", log_prints=True)
-def daily_predictions(settings: Settings | None = None, data: str | None = None,
-                      as_of: str | None = None,
-                      athlete_ids: list[str] | None = None) -> dict[str, Any]:
-    """Store each champion's prediction for tomorrow (and any missed day).
-
-    Stages: ingest, validate, predict. `daily_monitoring` runs the same step itself;
-    this flow exists for stores fed more often than monitoring runs.
-    """
-    settings = settings or load_settings()
-    frame = _load_frame(settings, data, as_of, athlete_ids)
-    return store_predictions(frame, settings, as_of)
 
 
 @flow(name="live-monitoring", log_prints=True)
