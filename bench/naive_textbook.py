@@ -13,7 +13,7 @@ one of the optimisations the issue lists for the real flow, *not* applied here:
   whole table at once);
 * each athlete and family its own Optuna study, every trial trained alone from scratch
   with no pruning and no warm start (XGBoost: the trial's ``n_estimators`` rounds;
-  networks: `models.batched.fit_single` with the flow's epoch cap and early stopping);
+  networks: `models.net_fit.fit_single` with the flow's epoch cap and early stopping);
   the flow batches athletes, fine-tunes from a population network and prunes;
 * MLflow: a run per model with ``mlflow.<flavor>.log_model`` and its default pip
   requirement inference, a registered version per passing model, one call at a time
@@ -87,19 +87,19 @@ def _tasks() -> dict[str, Any]:
     @task(name="naive-net-trial")
     def net_trial(family: str, params: dict[str, Any], data: Any, settings: Any,
                   number: int) -> tuple[Any, float]:
-        from veloready_pipeline.models.batched import (
-            _set_stats,
+        from veloready_pipeline.models.net_fit import fit_single
+        from veloready_pipeline.models.net_tuning import (
             attach_stats,
             fit_config,
-            fit_single,
             init_plain,
+            set_stats,
         )
 
         spec = _spec(family)
         attach_stats(spec, [data])
         module = init_plain(spec, params, data.x_train.shape[-1], settings.seed,
                             data.athlete_id, number)
-        _set_stats(module, data.stats)
+        set_stats(module, data.stats)
         cfg = fit_config(settings, family, params, spec.loss)
         cfg.max_epochs = settings.tuning.population_max_epochs
         module, val, _ = fit_single(module, data.x_train, data.y_train, data.x_val,
@@ -211,8 +211,8 @@ def _recovery(t: dict[str, Any], rows: Any, settings: Any) -> Any:
 
 
 def _net(t: dict[str, Any], family: str, rows: Any, settings: Any) -> Any:
-    from veloready_pipeline.models.batched import train_data
     from veloready_pipeline.models.injury import count_onsets, evaluate_injury_model
+    from veloready_pipeline.models.net_tuning import train_data
     from veloready_pipeline.models.zones import evaluate_zone_model
     from veloready_pipeline.results import ModelResult
     from veloready_pipeline.tuning import suggest

@@ -4,17 +4,17 @@ Usage::
 
     .venv/bin/python bench/nets_batched_vs_naive.py --athletes 100 --trials 20
 
-For each family the batched path (`models.batched.tune_batched`: one Optuna study per
+For each family the batched path (`models.net_tuning.tune_batched`: one Optuna study per
 chunk of athletes; a population network per architecture, then every athlete's copy
 fine-tuned at once with a leading athlete dimension) runs on every athlete. On a
 sample of each chunk (``--naive-share``) two naive references run, one athlete at a
 time with plain `nn.Module`s:
 
-* **naive loop** (`models.batched.tune_single`): what a per-athlete Python loop does -
+* **naive loop** (`bench/naive_reference.tune_single`): what a per-athlete Python loop does -
   the athlete's own Optuna study with the same search space, sampler, trial budget and
   pruner, every trial a plain network fitted alone from a fresh initialisation (up to
   ``population_max_epochs``, same early stopping). This is the issue's "naive loop".
-* **naive replay** (`models.batched.replay_naive`, ``--replay``): *the batched study's
+* **naive replay** (`bench/naive_reference.replay_naive`, ``--replay``): *the batched study's
   own trials* replayed one athlete at a time (same parameters, population networks,
   initial weights and stopping rule). It isolates what batching alone buys.
 
@@ -33,24 +33,36 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from veloready_pipeline.config import load_settings
-from veloready_pipeline.features_nets import NetDataset, make_injury_dataset, make_zone_dataset
-from veloready_pipeline.models.batched import (
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.naive_reference import replay_naive, tune_single  # noqa: E402
+from veloready_pipeline.config import load_settings  # noqa: E402
+from veloready_pipeline.features_nets import (  # noqa: E402
+    NetDataset,
+    make_injury_dataset,
+    make_zone_dataset,
+)
+from veloready_pipeline.models.injury import (  # noqa: E402
+    INJURY_FAMILY,
+    evaluate_injury_model,
+    safe_auroc,
+)
+from veloready_pipeline.models.net_tuning import (  # noqa: E402
     NetFamily,
     TunedAthlete,
-    replay_naive,
     train_data,
     tune_batched,
-    tune_single,
 )
-from veloready_pipeline.models.injury import INJURY_FAMILY, evaluate_injury_model, safe_auroc
-from veloready_pipeline.models.zones import ZONE_FAMILY, evaluate_zone_model
-from veloready_pipeline.simulate import simulate_athletes
+from veloready_pipeline.models.zones import ZONE_FAMILY, evaluate_zone_model  # noqa: E402
+from veloready_pipeline.simulate import simulate_athletes  # noqa: E402
 
 FAMILIES: dict[str, tuple[NetFamily, Callable[..., NetDataset], Callable[..., Any]]] = {
     "zones": (ZONE_FAMILY, make_zone_dataset, evaluate_zone_model),

@@ -20,7 +20,7 @@ What it does, per N:
      MLflow ``log_model`` with dependency inference, Core ML for every model;
    * *optimised* - the flow's own cheap per-athlete code in a plain Python loop: each
      athlete its own Optuna study, networks fitted alone from scratch with early
-     stopping and pruning (`models.batched.tune_single`), no Prefect, no registry, no
+     stopping and pruning (`bench/naive_reference.tune_single`), no Prefect, no registry, no
      export. It isolates what batching and both cores buy over good per-athlete code.
    (`bench/nets_batched_vs_naive.py` also replays the batched trials one athlete at a
    time, to isolate what batching alone buys.)
@@ -353,7 +353,7 @@ def run_naive(frame: Any, families: list[str], settings: Any,
     The naive per-athlete loop the flow replaces: for each sampled athlete and family,
     the athlete's own Optuna study with the flow's search space, sampler and trial
     budget. Recovery: `train_recovery_model` (the flow's own per-athlete XGBoost code,
-    so no gain is claimed there). Networks: `models.batched.tune_single` - every trial
+    so no gain is claimed there). Networks: `bench/naive_reference.tune_single` - every trial
     a plain ``nn.Module`` fitted alone from scratch (no batching, no population prior).
     """
     import numpy as np
@@ -389,9 +389,10 @@ def naive_one(family: str, rows: Any, settings: Any) -> bool:
         return train_recovery_model(rows, settings).status == "trained"
     import torch
 
+    from bench.naive_reference import tune_single
     from veloready_pipeline.features_nets import make_injury_dataset, make_zone_dataset
-    from veloready_pipeline.models.batched import train_data, tune_single
     from veloready_pipeline.models.injury import INJURY_FAMILY, evaluate_injury_model
+    from veloready_pipeline.models.net_tuning import train_data
     from veloready_pipeline.models.zones import ZONE_FAMILY, evaluate_zone_model
 
     torch.set_num_threads(settings.execution.torch_threads)

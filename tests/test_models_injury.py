@@ -8,16 +8,6 @@ import torch
 
 from veloready_pipeline.config import GateThresholds, load_settings
 from veloready_pipeline.features_nets import FEATURE_NAMES_INJURY, make_injury_dataset
-from veloready_pipeline.models.batched import (
-    BatchedLSTM,
-    FamilyResult,
-    FitConfig,
-    LSTMSequence,
-    LSTMWorkspace,
-    fit_batched,
-    fit_single,
-    pad_stack,
-)
 from veloready_pipeline.models.injury import (
     InjuryLSTM,
     brier,
@@ -28,6 +18,14 @@ from veloready_pipeline.models.injury import (
     safe_auroc,
     train_injury_models,
 )
+from veloready_pipeline.models.net_fit import FitConfig, fit_batched, fit_single
+from veloready_pipeline.models.net_layers import (
+    BatchedLSTM,
+    LSTMSequence,
+    LSTMWorkspace,
+    pad_stack,
+)
+from veloready_pipeline.models.net_tuning import FamilyResult
 from veloready_pipeline.models.nets import injury_verdict
 from veloready_pipeline.simulate import simulate_athletes
 
@@ -112,7 +110,7 @@ def test_batched_lstm_fit_matches_naive_fit() -> None:
 def test_dropping_stopped_athletes_changes_no_lstm_fit(monkeypatch) -> None:
     # The LSTM side of the batch compaction: a new module (own workspace) of the
     # athletes still training, their AdamW moments carried over; same fits as without.
-    from veloready_pipeline.models import batched as batched_mod
+    from veloready_pipeline.models import net_fit, net_layers
 
     # A kernel check on random inputs, 11 wide: with the full input list (34) the
     # 60 epochs at lr 0.03 amplify the different summation order of the smaller
@@ -131,7 +129,7 @@ def test_dropping_stopped_athletes_changes_no_lstm_fit(monkeypatch) -> None:
     cfg = FitConfig(lr=0.03, weight_decay=0.0, max_epochs=60, patience=10, eval_every=5,
                     loss="bce", prior_strength=0.05)
     sizes: list[int] = []
-    real = batched_mod.BatchedModule.select
+    real = net_layers.BatchedModule.select
 
     def spy(self, idx):
         sizes.append(len(idx))
@@ -139,10 +137,10 @@ def test_dropping_stopped_athletes_changes_no_lstm_fit(monkeypatch) -> None:
         assert sub.workspace is not self.workspace
         return sub
 
-    monkeypatch.setattr(batched_mod.BatchedModule, "select", spy)
-    monkeypatch.setattr(batched_mod, "COMPACT_SHARE", 1.0)
+    monkeypatch.setattr(net_layers.BatchedModule, "select", spy)
+    monkeypatch.setattr(net_fit, "COMPACT_SHARE", 1.0)
     never = fit_batched(BatchedLSTM(_plains(4, n_feat=n_feat)), train, val, cfg)
-    monkeypatch.setattr(batched_mod, "COMPACT_SHARE", 0.0)
+    monkeypatch.setattr(net_fit, "COMPACT_SHARE", 0.0)
     always = fit_batched(BatchedLSTM(_plains(4, n_feat=n_feat)), train, val, cfg)
     assert sizes and min(sizes) < 4
     np.testing.assert_array_equal(never.best_epoch, always.best_epoch)

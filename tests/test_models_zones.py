@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,16 +15,11 @@ from veloready_pipeline.features_nets import (
     LABEL_NAMES_ZONES,
     make_zone_dataset,
 )
-from veloready_pipeline.models.batched import (
-    BatchedMLP,
-    FitConfig,
+from veloready_pipeline.models.net_fit import FitConfig, fit_batched, fit_single
+from veloready_pipeline.models.net_layers import BatchedMLP, normalisation_stats, pad_stack
+from veloready_pipeline.models.net_tuning import (
     TrainData,
     attach_stats,
-    fit_batched,
-    fit_single,
-    normalisation_stats,
-    pad_stack,
-    replay_naive,
     train_data,
     tune_batched,
 )
@@ -119,22 +117,22 @@ def test_dropping_stopped_athletes_from_the_batch_changes_no_fit(monkeypatch) ->
     # Athletes with few rows stop early; the fit then goes on without them (weights,
     # AdamW moments and rows copied into a smaller batch). Every athlete's best
     # snapshot, best epoch and validation loss must equal the fit that never drops.
-    from veloready_pipeline.models import batched as batched_mod
+    from veloready_pipeline.models import net_fit
 
     athletes = _athletes(6, seed=3, n_min=15, n_max=60)
     cfg = FitConfig(lr=0.02, weight_decay=1e-4, max_epochs=80, patience=10, eval_every=5,
                     loss="mse", prior_strength=0.05)
     compactions: list[int] = []
-    real = batched_mod._FitBatch.compact
+    real = net_fit._FitBatch.compact
 
     def spy(self, keep, *args):
         compactions.append(int(keep.sum()))
         return real(self, keep, *args)
 
-    monkeypatch.setattr(batched_mod._FitBatch, "compact", spy)
+    monkeypatch.setattr(net_fit._FitBatch, "compact", spy)
 
     def fit(share: float):
-        monkeypatch.setattr(batched_mod, "COMPACT_SHARE", share)
+        monkeypatch.setattr(net_fit, "COMPACT_SHARE", share)
         model = BatchedMLP([_plain(11, a) for a in athletes])
         train = pad_stack([a.x_train for a in athletes], [a.y_train for a in athletes])
         val = pad_stack([a.x_val for a in athletes], [a.y_val for a in athletes])
@@ -251,6 +249,13 @@ def test_grid_sampler_and_per_athlete_pick(zone_datasets: dict, monkeypatch) -> 
 
 
 def test_replay_naive_reproduces_the_batched_result(zone_datasets: dict) -> None:
+    # The benchmarks' naive reference lives in bench/ (imported as the bench scripts do,
+    # with the repository root on sys.path).
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from bench.naive_reference import replay_naive
+
     settings = _settings(n_trials=2)
     ready = [d for d in zone_datasets.values() if not d.skip_reason][:3]
     data = [train_data(d) for d in ready]
@@ -378,7 +383,7 @@ def test_zone_gate_without_evidence_fails_and_setting_can_drop_baselines() -> No
 
 
 def test_pooled_zone_metrics_pool_scored_tests_and_honour_the_setting(zone_datasets) -> None:
-    from veloready_pipeline.models.batched import FamilyResult
+    from veloready_pipeline.models.net_tuning import FamilyResult
 
     a = FamilyResult("a", "zones", "trained", test_y=np.array([[200.0] * 4, [210.0] * 4]),
                      test_pred=np.array([[202.0] * 4, [209.0] * 4]),

@@ -41,7 +41,7 @@ Family = Literal["recovery", "zones", "injury"]
 ALL_FAMILIES: tuple[Family, ...] = ("recovery", "zones", "injury")
 
 # The hyper-parameters each family's trainer reads (`models.recovery._booster_params`
-# and ``n_estimators``; `models.batched.fit_config` and the nets' ``hidden``). Any other
+# and ``n_estimators``; `models.net_tuning.fit_config` and the nets' ``hidden``). Any other
 # name in a search space would be tuned and then ignored, so it is refused.
 SPACE_PARAMS: dict[str, frozenset[str]] = {
     "recovery": frozenset({"max_depth", "learning_rate", "n_estimators", "min_child_weight",

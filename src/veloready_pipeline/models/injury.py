@@ -18,7 +18,7 @@ injury/overtraining event starts in the next `features_nets.INJURY_HORIZON` days
 Trained with binary cross-entropy (a proper scoring rule, so the risk stays a
 calibrated probability and the Brier score is meaningful): a population LSTM on the
 chunk's riders, fine-tuned per rider with an L2 pull towards it, every athlete of a
-chunk at once (`veloready_pipeline.models.batched`). Whether an athlete ships the
+chunk at once (`veloready_pipeline.models.net_tuning`). Whether an athlete ships the
 population weights or its fine-tune is chosen on its validation part only and recorded
 as the ``adaptation`` parameter (MLflow params, summary). With one to three events per
 rider, the population prior is what makes a personal model learnable at all. The
@@ -43,12 +43,8 @@ from torch import nn
 
 from veloready_pipeline.config import Settings
 from veloready_pipeline.features_nets import FEATURE_NAMES_INJURY, NetDataset
-from veloready_pipeline.models.batched import (
-    BatchedLSTM,
-    FamilyResult,
-    NetFamily,
-    train_family,
-)
+from veloready_pipeline.models.net_layers import BatchedLSTM
+from veloready_pipeline.models.net_tuning import FamilyResult, NetFamily, train_net_family
 
 FAMILY = "injury"
 LOW_MAX = 50.0
@@ -219,8 +215,8 @@ def train_injury_models(
         settings: seed, tuning (sampler, trials, space, epochs), execution threads.
         warm_starts: athlete id -> last week's best params (enqueued as first trials).
     """
-    results = train_family(INJURY_FAMILY, datasets, settings, warm_starts,
-                           evaluate_injury_model)
+    results = train_net_family(INJURY_FAMILY, datasets, settings, warm_starts,
+                               evaluate_injury_model)
     for aid, res in results.items():
         ds = datasets[aid]
         if res.status == "trained":

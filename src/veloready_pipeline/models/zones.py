@@ -15,7 +15,7 @@ interpolated days share a test's noise across a whole interval.
 
 Every athlete gets personal weights: a population network fitted on the chunk's
 riders, fine-tuned per rider with an L2 pull towards it (see
-`veloready_pipeline.models.batched`), all riders of a chunk trained together; per
+`veloready_pipeline.models.net_tuning`), all riders of a chunk trained together; per
 rider the validation tests decide between the population net and the fine-tune
 (``params["source"]``). The exported module takes *raw* features and returns watts:
 the normalisation statistics (training rows only) and the rider's gain are buffers
@@ -49,16 +49,18 @@ from veloready_pipeline.features_nets import (
     estimate_ftp_test_noise_pct,
 )
 from veloready_pipeline.gates import regression_metrics
-from veloready_pipeline.models.batched import (
+from veloready_pipeline.models.net_layers import (
     BatchedMLP,
-    FamilyResult,
     LoadAnchor,
-    NetFamily,
-    TrainData,
     anchored_features,
     anchored_output,
     anchored_target,
-    train_family,
+)
+from veloready_pipeline.models.net_tuning import (
+    FamilyResult,
+    NetFamily,
+    TrainData,
+    train_net_family,
 )
 
 FAMILY = "zones"
@@ -71,7 +73,7 @@ class ZoneMLP(nn.Module):
     Three ReLU hidden layers of ``hidden`` units. The network works *relative to the
     last tested FTP* (the ``anchor`` input): best powers enter as shares of it, and
     the output is the relative change of each label from ``anchor x share`` (see
-    `batched.anchored_features`). So "FTP stays at the last test" is the zero output
+    `net_layers.anchored_features`). So "FTP stays at the last test" is the zero output
     the network starts near, and one shape of network serves riders of any size.
     ``forward_normalized`` is the bare network (training); ``forward`` wraps it with
     the stored transform and statistics and is what gets exported.
@@ -329,8 +331,8 @@ def train_zone_models(
         settings: seed, tuning (sampler, trials, space, epochs), execution threads.
         warm_starts: athlete id -> last week's best params (enqueued as first trials).
     """
-    results = train_family(ZONE_FAMILY, datasets, settings, warm_starts, evaluate_zone_model,
-                           prepare=measured_train_data)
+    results = train_net_family(ZONE_FAMILY, datasets, settings, warm_starts,
+                               evaluate_zone_model, prepare=measured_train_data)
     for r in results.values():
         if r.model is not None:
             r.params["load_gain"] = float(r.model.gain.item())
