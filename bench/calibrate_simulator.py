@@ -20,8 +20,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from veloready_pipeline.load import training_load
 from veloready_pipeline.simulate import describe_calibration, simulate_athletes
+from veloready_pipeline.training_load import training_load
 
 
 def build_recovery_xy(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:

@@ -16,7 +16,7 @@ from veloready_pipeline.briefs.inputs import (
     severity_from_confidence,
     target_tss_range,
 )
-from veloready_pipeline.load import training_load
+from veloready_pipeline.training_load import training_load
 
 DAY = dt.date(2026, 3, 10)
 

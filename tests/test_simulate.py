@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from veloready_pipeline.load import ATL_DAYS, CTL_DAYS, ewma_load, training_load
 from veloready_pipeline.schema import COLUMNS_BY_NAME, POWER_COLUMNS, REQUIRED_COLUMNS
 from veloready_pipeline.simulate import (
     MIXED_EASY_SHARE,
@@ -25,6 +24,7 @@ from veloready_pipeline.simulate import (
     truth_paths,
     write_simulation,
 )
+from veloready_pipeline.training_load import ATL_DAYS, CTL_DAYS, ewma_load, training_load
 
 SEED = 20260101
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from veloready_pipeline.load import training_load
+from veloready_pipeline.training_load import training_load
 
 BASELINE_DAYS = 28
 FAST_BASELINE_DAYS = 10.0

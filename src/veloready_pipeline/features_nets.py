@@ -64,9 +64,9 @@ import numpy as np
 import pandas as pd
 
 from veloready_pipeline.features import to_calendar
-from veloready_pipeline.load import ATL_DAYS, CTL_DAYS, ewma_load
 from veloready_pipeline.schema import POWER_COLUMNS, POWER_DURATIONS_S
 from veloready_pipeline.split import split_chronological
+from veloready_pipeline.training_load import ATL_DAYS, CTL_DAYS, ewma_load
 from veloready_pipeline.zones_calc import VO2MAX_SHARE, Z2_CEILING_SHARE, Z4_FLOOR_SHARE
 
 BEST_POWER_DAYS = 42
@@ -197,7 +197,7 @@ def _col(cal: pd.DataFrame, name: str) -> pd.Series:
 def seeded_training_load(tss: pd.Series) -> pd.DataFrame:
     """CTL, ATL, TSB (yesterday's CTL - ATL) and ACWR, started from a realistic level.
 
-    `veloready_pipeline.load.training_load` starts CTL and ATL at 0, so a rider who
+    `veloready_pipeline.training_load.training_load` starts CTL and ATL at 0, so a rider who
     was already training shows ACWR > 1.5 and a steep CTL ramp for weeks - two of the
     warning signs, falsely. Here both start at the mean TSS of the first
     `LOAD_SEED_DAYS` days. Those days all lie inside the first 14-day injury window

@@ -14,7 +14,7 @@ What it models, per athlete (all hidden, returned in `SimulationResult.athletes`
   each day;
 * what was actually ridden: the plan with deviations, skipped days, illness, injury
   lay-offs and autoregulation on bad mornings; CTL/ATL/TSB with the recursion of
-  `veloready_pipeline.load`;
+  `veloready_pipeline.training_load`;
 * morning physiology: HRV (log-normal, a fast AR(1) part, a slow drift, responses to
   relative fatigue, yesterday's TSS, alcohol, illness and sleep, measurement noise),
   resting HR, sleep hours and score, illness episodes, alcohol evenings;
@@ -56,8 +56,8 @@ import numpy as np
 import pandas as pd
 
 from veloready_pipeline.features_nets import INJURY_HORIZON
-from veloready_pipeline.load import ATL_DAYS, CTL_DAYS
 from veloready_pipeline.schema import COLUMNS_BY_NAME, POWER_COLUMNS, POWER_DURATIONS_S
+from veloready_pipeline.training_load import ATL_DAYS, CTL_DAYS
 
 Profile = Literal["realistic", "easy", "mixed"]
 PROFILES: tuple[str, ...] = ("realistic", "easy", "mixed")
@@ -772,7 +772,7 @@ def _run_days(
         ride = np.round(np.clip(ride, 0, 600), 1)
         out["tss"][:, t] = ride
 
-        # Load, with the recursion of veloready_pipeline.load.ewma_load.
+        # Load, with the recursion of veloready_pipeline.training_load.ewma_load.
         ctl = ctl + alpha_ctl * (ride - ctl)
         atl = atl + alpha_atl * (ride - atl)
         out["ctl"][:, t], out["atl"][:, t] = ctl, atl

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from veloready_pipeline.load import training_load
+from veloready_pipeline.training_load import training_load
 
 BASELINE_DAYS = 7  # rolling baseline window for the HRV / resting-HR deltas
 MIN_BASELINE_VALUES = 3  # fewer prior readings than this: the delta is unknown, not 0

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from veloready_pipeline.load import ATL_DAYS, CTL_DAYS, ewma_load, training_load
+from veloready_pipeline.training_load import ATL_DAYS, CTL_DAYS, ewma_load, training_load
 
 tss_lists = st.lists(st.floats(min_value=0, max_value=500, allow_nan=False), min_size=1,
                      max_size=200)
