@@ -712,6 +712,22 @@ def _merge_groups(parts, n: int):  # type: ignore[no-untyped-def]
     return out
 
 
+def _ridden(planned: np.ndarray, m: dict[str, np.ndarray], p: dict[str, np.ndarray],
+            prof: _ProfileParams, rng: np.random.Generator,
+            layoff_left: np.ndarray) -> np.ndarray:
+    """What was actually ridden (TSS): the plan, bent by life (draws from ``rng``)."""
+    n = len(planned)
+    ride = planned * np.exp(rng.normal(0, prof.tss_dev_sd, n))
+    ride = np.where(rng.random(n) < prof.skip_prob, 0.0, ride)
+    ride = np.where(m["ill"], ride * np.where(rng.random(n) < 0.75, 0.0, 0.4), ride)
+    bad_morning = (m["recovery"] < 33) & (rng.random(n) < p["autoregulation"])
+    ride = np.where(bad_morning, ride * 0.5, ride)
+    ride = np.where(layoff_left > 0, ride * 0.25, ride)
+    extra = (planned == 0) & (rng.random(n) < 0.04) & ~m["ill"]
+    ride = np.where(extra, rng.uniform(25, 60, n), ride)
+    return np.round(np.clip(ride, 0, 600), 1)
+
+
 def _run_days(
     p: dict[str, np.ndarray], plan: dict[str, np.ndarray], prof: _ProfileParams,
     dow: np.ndarray, rng: np.random.Generator, rng_nf: np.random.Generator,
@@ -759,17 +775,7 @@ def _run_days(
             out[k][:, t] = m[k]
         out["tsb"][:, t] = st["tsb"]
 
-        # What was actually ridden: the plan, bent by life.
-        planned = plan["planned"][:, t]
-        ride = planned * np.exp(rng.normal(0, prof.tss_dev_sd, n))
-        ride = np.where(rng.random(n) < prof.skip_prob, 0.0, ride)
-        ride = np.where(m["ill"], ride * np.where(rng.random(n) < 0.75, 0.0, 0.4), ride)
-        bad_morning = (m["recovery"] < 33) & (rng.random(n) < p["autoregulation"])
-        ride = np.where(bad_morning, ride * 0.5, ride)
-        ride = np.where(layoff_left > 0, ride * 0.25, ride)
-        extra = (planned == 0) & (rng.random(n) < 0.04) & ~m["ill"]
-        ride = np.where(extra, rng.uniform(25, 60, n), ride)
-        ride = np.round(np.clip(ride, 0, 600), 1)
+        ride = _ridden(plan["planned"][:, t], m, p, prof, rng, layoff_left)
         out["tss"][:, t] = ride
 
         # Load, with the recursion of veloready_pipeline.training_load.ewma_load.

@@ -656,6 +656,46 @@ def _expectation_text(rule: str, kwargs: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- validation
 
 
+def _check_arguments(frame: pd.DataFrame, max_gap_days: int, min_history_days: int | None,
+                     future_days: int | None) -> None:
+    """Raise ValueError for a missing required column or a limit out of range."""
+    missing_cols = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing_cols:
+        raise ValueError(
+            f"validation: required column(s) {', '.join(missing_cols)} missing from the "
+            f"whole frame (rule {RULE_EXISTS}); columns present: {list(frame.columns)}"
+        )
+    if max_gap_days < 0:
+        raise ValueError(f"validation: max_gap_days must be >= 0, got {max_gap_days}")
+    if min_history_days is not None and min_history_days < 1:
+        raise ValueError(f"validation: min_history_days must be >= 1, got {min_history_days}")
+    if future_days is not None and future_days < 0:
+        raise ValueError(f"validation: future_days must be >= 0, got {future_days}")
+
+
+def _report_row_problems(failures: _Failures, bad: _Failures,
+                         warnings: dict[str, list[str]], notes: _Notes) -> None:
+    """Row problems into the reports, warnings and notes.
+
+    Quarantined athletes' reports show every row problem, causes first; the other
+    athletes get one warning per rule and column.
+    """
+    for aid in failures:
+        for key, entry in bad.get(aid, {}).items():
+            if key not in failures[aid]:
+                entry = dict(entry, extra=dict(entry["extra"], within_tolerance=True))
+                failures[aid][key] = entry
+    for aid, entries in bad.items():
+        for (rule, column), entry in entries.items():
+            notes.add_rows(aid, rule, column, entry)
+            if aid not in failures:
+                first = entry["items"][0] if entry["items"] else {}
+                warnings.setdefault(aid, []).append(
+                    f"{entry['n']} {'value(s)' if entry['action'] == 'masked' else 'row(s)'} "
+                    f"{entry['action']} by rule {rule} on {column} (first: "
+                    f"{first.get('file')}:{first.get('line')}, value {first.get('value')!r})")
+
+
 def validate_frame(
     frame: pd.DataFrame,
     parse_issues: Sequence[ParseIssue] = (),
@@ -702,18 +742,7 @@ def validate_frame(
         ValueError: a required column is missing from the whole frame, or a limit is
             out of range (the message names the column or setting).
     """
-    missing_cols = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing_cols:
-        raise ValueError(
-            f"validation: required column(s) {', '.join(missing_cols)} missing from the "
-            f"whole frame (rule {RULE_EXISTS}); columns present: {list(frame.columns)}"
-        )
-    if max_gap_days < 0:
-        raise ValueError(f"validation: max_gap_days must be >= 0, got {max_gap_days}")
-    if min_history_days is not None and min_history_days < 1:
-        raise ValueError(f"validation: min_history_days must be >= 1, got {min_history_days}")
-    if future_days is not None and future_days < 0:
-        raise ValueError(f"validation: future_days must be >= 0, got {future_days}")
+    _check_arguments(frame, max_gap_days, min_history_days, future_days)
     limits = _missing_limits(frame.columns, max_missing_rates)
     tol = _tolerances(tolerances)
     window = window or TrainingWindow()
@@ -756,21 +785,7 @@ def validate_frame(
             agg, shares, work, final, bad, cuts, dropped, reference, future_days, limits,
             min_history_days, failures)
     _collect_id_failures(work, failures)
-    # Quarantined athletes' reports show every row problem, causes first.
-    for aid in failures:
-        for key, entry in bad.get(aid, {}).items():
-            if key not in failures[aid]:
-                entry = dict(entry, extra=dict(entry["extra"], within_tolerance=True))
-                failures[aid][key] = entry
-    for aid, entries in bad.items():
-        for (rule, column), entry in entries.items():
-            notes.add_rows(aid, rule, column, entry)
-            if aid not in failures:
-                first = entry["items"][0] if entry["items"] else {}
-                warnings.setdefault(aid, []).append(
-                    f"{entry['n']} {'value(s)' if entry['action'] == 'masked' else 'row(s)'} "
-                    f"{entry['action']} by rule {rule} on {column} (first: "
-                    f"{first.get('file')}:{first.get('line')}, value {first.get('value')!r})")
+    _report_row_problems(failures, bad, warnings, notes)
     for aid, text in (adapter_notes or {}).items():
         for part in (p.strip() for p in str(text).split(";")):
             if part:
@@ -1116,6 +1131,31 @@ def _athlete_aggregates(
     warnings: dict[str, list[str]] = {}
     if not athletes:
         return agg, {}, warnings
+    shares = _bad_shares(agg, idx, win, bad, tol)
+    if len(days_ahead):
+        agg[DAYS_AHEAD_COLUMN] = days_ahead.reindex(idx).to_numpy(dtype="float64")
+
+    ok = final["athlete_id"].notna()
+    sub = final.loc[ok].copy()
+    sub["athlete_id"] = sub["athlete_id"].astype(str)
+    fa = sub["athlete_id"]
+    n_rows = fa.value_counts()
+    _missing_rates(agg, idx, sub, n_rows, limits, warnings)
+    if min_history_days is not None:
+        touched = sorted(set(dropped) | set(cuts))
+        clean = pd.Series(np.nan, index=idx)
+        for aid in touched:
+            if aid in clean.index:
+                clean[aid] = float(n_rows.get(aid, 0))
+        if clean.notna().any():
+            agg[CLEAN_DAYS_COLUMN] = clean.to_numpy(dtype="float64")
+    _gap_warnings(sub, warnings)
+    return agg, shares, warnings
+
+
+def _bad_shares(agg: pd.DataFrame, idx: pd.Index, win: pd.DataFrame, bad: _Failures,
+                tol: dict[str, float]) -> dict[str, tuple[str, str, float]]:
+    """One ``bad_share_<k>`` column in ``agg`` per rule and column that failed a row."""
     wa = win["athlete_id"].astype("string")
     rows_in = wa.value_counts()
     parse_rows = pd.Series({a: sum(e["n"] for (r, _), e in ent.items()
@@ -1141,14 +1181,13 @@ def _athlete_aggregates(
                                  action=entry["action"])
         agg[name] = share.to_numpy(dtype="float64")
         shares[name] = (rule, column, tolerance)
-    if len(days_ahead):
-        agg[DAYS_AHEAD_COLUMN] = days_ahead.reindex(idx).to_numpy(dtype="float64")
+    return shares
 
-    ok = final["athlete_id"].notna()
-    sub = final.loc[ok].copy()
-    sub["athlete_id"] = sub["athlete_id"].astype(str)
+
+def _missing_rates(agg: pd.DataFrame, idx: pd.Index, sub: pd.DataFrame, n_rows: pd.Series,
+                   limits: dict[str, float], warnings: dict[str, list[str]]) -> None:
+    """Required columns' missing rates into ``agg``; optional sensors' notes as warnings."""
     fa = sub["athlete_id"]
-    n_rows = fa.value_counts()
     first_day = sub.groupby(fa)["date"].min()
     for column, limit in limits.items():
         present = sub[column].notna()
@@ -1180,15 +1219,10 @@ def _athlete_aggregates(
                     f"{column} missing on {rate[aid]:.0%} of the {int(n_since[aid])} days "
                     f"since its first reading (more than {limit:.0%}): a sparse sensor, "
                     "features that need it have gaps")
-    if min_history_days is not None:
-        touched = sorted(set(dropped) | set(cuts))
-        clean = pd.Series(np.nan, index=idx)
-        for aid in touched:
-            if aid in clean.index:
-                clean[aid] = float(n_rows.get(aid, 0))
-        if clean.notna().any():
-            agg[CLEAN_DAYS_COLUMN] = clean.to_numpy(dtype="float64")
-    # Gaps (at or under the limit) in what is trained on: a note naming them.
+
+
+def _gap_warnings(sub: pd.DataFrame, warnings: dict[str, list[str]]) -> None:
+    """Gaps (at or under the limit) in what is trained on: a note naming them."""
     dated = sub[sub["date"].notna()].sort_values(["athlete_id", "date"], kind="stable")
     same = dated["athlete_id"].eq(dated["athlete_id"].shift())
     gap = (dated["date"].diff().dt.days - 1).where(same).clip(lower=0).fillna(0)
@@ -1201,7 +1235,6 @@ def _athlete_aggregates(
             f"{int(g['gap'].sum())} day(s) without data in {len(g)} gap(s); longest "
             f"{int(longest['gap'])} day(s) between {longest['prev']:%Y-%m-%d} and "
             f"{longest['date']:%Y-%m-%d}")
-    return agg, shares, warnings
 
 
 def _collect_aggregate_failures(

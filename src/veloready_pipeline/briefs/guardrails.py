@@ -48,7 +48,7 @@ SessionType = Literal[
     "rest", "recovery", "endurance", "tempo", "sweet_spot", "threshold", "vo2max",
     "anaerobic", "sprint", "race",
 ]
-SESSION_ZONE: dict[str, int] = {
+SESSION_ZONE: dict[SessionType, int] = {
     "rest": 1, "recovery": 1, "endurance": 2, "tempo": 3, "sweet_spot": 4, "threshold": 4,
     "vo2max": 5, "anaerobic": 6, "sprint": 7, "race": 7,
 }
@@ -69,7 +69,7 @@ class StructuredBrief(BaseModel):
     text: str = Field(min_length=1, max_length=MAX_CHARS)
 
 
-def allowed_session_types(decision: Decision) -> list[str]:
+def allowed_session_types(decision: Decision) -> list[SessionType]:
     """Session types within the decision's zone ceiling (what the prompt offers)."""
     return [s for s, z in SESSION_ZONE.items()
             if z <= decision.max_zone and s != "race"
@@ -429,6 +429,27 @@ def _dedupe(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+@dataclass
+class _Named:
+    """What a brief's text names: TSS, zones, FTP percents, RPE zones, intensity terms."""
+
+    tss: list[int]
+    zones: list[int]
+    pcts: list[float]
+    rpes: list[int]
+    terms: list[Term]
+
+    @classmethod
+    def of(cls, text: str, norm: Normalised) -> _Named:
+        return cls(tss=named_tss(norm.folded), zones=named_zones(text, norm),
+                   pcts=ftp_percents(norm.folded), rpes=rpe_zones(norm.folded),
+                   terms=intensity_terms(text, norm))
+
+    @property
+    def intervals(self) -> list[Term]:
+        return [t for t in self.terms if t.interval]
+
+
 def check_brief(
     text: str | None, decision: Decision, structured: StructuredBrief | None = None
 ) -> GuardrailResult:
@@ -436,12 +457,26 @@ def check_brief(
     if text is None or not text.strip():
         return GuardrailResult(ok=False, violations=["empty"])
     norm = normalise(text)
+    sentences = split_sentences(text)
+    named = _Named.of(text, norm)
+    violations = _form_violations(text, norm, sentences)
+    violations += _cap_violations(norm, named, decision)
+    if structured is not None:
+        violations += _disagreements(named, structured)
+    violations = _dedupe(violations)
+    return GuardrailResult(
+        ok=not violations, violations=violations, sentences=len(sentences),
+        tss_named=named.tss, brief=structured,
+    )
+
+
+def _form_violations(text: str, norm: Normalised, sentences: list[str]) -> list[str]:
+    """Hidden or foreign characters, length, links and instruction-like text."""
     violations: list[str] = []
     if norm.hidden:
         violations.append(f"hidden_characters:{' '.join(norm.hidden[:3])}")
     if norm.foreign:
         violations.append(f"foreign_script:{' '.join(norm.foreign[:3])}")
-    sentences = split_sentences(text)
     if not MIN_SENTENCES <= len(sentences) <= MAX_SENTENCES:
         violations.append(f"sentences:{len(sentences)}")
     if len(text) > MAX_CHARS:
@@ -451,36 +486,32 @@ def check_brief(
     injection = _INJECTION.search(norm.folded) or _INJECTION.search(norm.joined)
     if injection:
         violations.append(f"injection:{injection.group(0)[:40]}")
+    return violations
 
+
+def _cap_violations(norm: Normalised, named: _Named, decision: Decision) -> list[str]:
+    """What the text names against the decision's caps (TSS, zone, intervals, rest)."""
+    violations: list[str] = []
     cap_zone = decision.max_zone
-    tss = named_tss(norm.folded)
+    tss, zones, pcts, rpes = named.tss, named.zones, named.pcts, named.rpes
     if not tss and decision.kind != "rest":
         violations.append("no_tss")
     over = [t for t in tss if t > decision.tss_high]
     if over:
         violations.append(f"tss_over_cap:{max(over)}>{decision.tss_high}")
-    zones = named_zones(text, norm)
     if zones and max(zones) > cap_zone:
         violations.append(f"zone_above_cap:Z{max(zones)}>Z{cap_zone}")
-    pcts = ftp_percents(norm.folded)
     if pcts and max(pcts) > ZONE_TOP_PCT[cap_zone]:
         violations.append(f"ftp_pct_above_cap:{max(pcts):g}%>{ZONE_TOP_PCT[cap_zone]}%")
-    rpes = rpe_zones(norm.folded)
     if rpes and max(rpes) > cap_zone:
         violations.append(f"rpe_above_cap:Z{max(rpes)}>Z{cap_zone}")
     if cap_zone <= 2:  # rest and de-load days: no power or heart-rate targets to chase
-        watts = _WATTS.search(norm.folded)
-        if watts:
-            violations.append(f"power_target_on_low_day:{watts.group(0)}")
-        bpm = [int(m.group(1)) for m in _BPM.finditer(norm.folded)]
-        if bpm and max(bpm) > LOW_DAY_MAX_BPM:
-            violations.append(f"hr_target_on_low_day:{max(bpm)}bpm>{LOW_DAY_MAX_BPM}")
-    terms = intensity_terms(text, norm)
-    high = [t for t in terms if t.level > cap_zone]
+        violations += _low_day_targets(norm)
+    high = [t for t in named.terms if t.level > cap_zone]
     if high:
         worst = max(high, key=lambda t: t.level)
         violations.append(f"intensity_not_allowed:{worst.term}(Z{worst.level})>Z{cap_zone}")
-    intervals = [t for t in terms if t.interval]
+    intervals = named.intervals
     if intervals and not decision.intervals_allowed:
         violations.append(f"intervals_not_allowed:{intervals[0].term}")
     if decision.kind == "rest":
@@ -488,25 +519,37 @@ def check_brief(
                         or _REST_CONTRADICTED.search(norm.joined))
         if contradicted:
             violations.append(f"rest_contradicted:{contradicted.group(0)}")
+    return violations
 
-    if structured is not None:
-        s = structured
-        said = max([*zones, *rpes, *(pct_zone(p) for p in pcts), *(t.level for t in terms if
-                                                            t.level < _RACE_LEVEL)], default=1)
-        if said > s.max_zone:
-            violations.append(f"text_disagrees:zone Z{said}>declared Z{s.max_zone}")
-        if tss and max(tss) > s.tss:
-            violations.append(f"text_disagrees:tss {max(tss)}>declared {s.tss}")
-        if intervals and not s.intervals:
-            violations.append(f"text_disagrees:intervals ({intervals[0].term})")
-        races = [t for t in terms if t.level >= _RACE_LEVEL]
-        if races and not s.race:
-            violations.append(f"text_disagrees:race ({races[0].term})")
-    violations = _dedupe(violations)
-    return GuardrailResult(
-        ok=not violations, violations=violations, sentences=len(sentences), tss_named=tss,
-        brief=structured,
-    )
+
+def _low_day_targets(norm: Normalised) -> list[str]:
+    """Power or heart-rate targets (not allowed on rest and de-load days)."""
+    violations: list[str] = []
+    watts = _WATTS.search(norm.folded)
+    if watts:
+        violations.append(f"power_target_on_low_day:{watts.group(0)}")
+    bpm = [int(m.group(1)) for m in _BPM.finditer(norm.folded)]
+    if bpm and max(bpm) > LOW_DAY_MAX_BPM:
+        violations.append(f"hr_target_on_low_day:{max(bpm)}bpm>{LOW_DAY_MAX_BPM}")
+    return violations
+
+
+def _disagreements(named: _Named, s: StructuredBrief) -> list[str]:
+    """The text against the reply's own declared fields."""
+    violations: list[str] = []
+    said = max([*named.zones, *named.rpes, *(pct_zone(p) for p in named.pcts),
+                *(t.level for t in named.terms if t.level < _RACE_LEVEL)], default=1)
+    if said > s.max_zone:
+        violations.append(f"text_disagrees:zone Z{said}>declared Z{s.max_zone}")
+    if named.tss and max(named.tss) > s.tss:
+        violations.append(f"text_disagrees:tss {max(named.tss)}>declared {s.tss}")
+    intervals = named.intervals
+    if intervals and not s.intervals:
+        violations.append(f"text_disagrees:intervals ({intervals[0].term})")
+    races = [t for t in named.terms if t.level >= _RACE_LEVEL]
+    if races and not s.race:
+        violations.append(f"text_disagrees:race ({races[0].term})")
+    return violations
 
 
 def check_fields(brief: StructuredBrief, decision: Decision) -> list[str]:

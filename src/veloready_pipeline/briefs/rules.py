@@ -109,7 +109,6 @@ def decide_brief(inputs: BriefInputs) -> Decision:
     fired: list[str] = []
     why: list[str] = []  # the decisive reasons, said in the brief
     hrv = inputs.hrv_delta_pct
-    rhr = inputs.rhr_delta_pct
     rec = inputs.recovery
     band = sleep_band(inputs.sleep_score)
     low, high = inputs.target_tss_low, inputs.target_tss_high
@@ -127,36 +126,7 @@ def decide_brief(inputs: BriefInputs) -> Decision:
         kind, rule = "rest", "2-hrv-spike"
         why.append(f"HRV is {_pct(hrv)} on baseline, an unusual jump worth respecting")
     else:
-        good_hrv = (
-            hrv is not None and hrv >= HRV_GOOD_PCT and (rhr is None or rhr < RHR_SLIGHT_PCT)
-        )
-        if good_hrv:
-            fired.append("3-hrv-up")
-        strain = (
-            hrv is not None
-            and rhr is not None
-            and hrv <= HRV_STRAIN_PCT
-            and rhr >= RHR_STRAIN_PCT
-            and hrv < HRV_GOOD_PCT
-        )
-        low_recovery = rec is not None and rec < RECOVERY_DELOAD
-        good_reason = f"HRV is up {hrv:.0f}% on your baseline" if good_hrv else rec_reason
-        if not good_hrv and (low_recovery or strain):
-            kind = "deload"
-            rule = "4-low-recovery" if low_recovery else "4-hrv-rhr-strain"
-            if low_recovery:
-                why.append(f"recovery is only {rec:.0f}%")
-            if strain:
-                why.append(f"HRV {_pct(hrv)} with resting HR {_pct(rhr)}")
-        elif (good_hrv or (rec is not None and rec >= RECOVERY_PRODUCTIVE)) and inputs.tsb >= 0:
-            kind, rule = "productive", "4-productive"
-            why += [str(good_reason), tsb_reason]
-        elif good_hrv or (rec is not None and rec >= RECOVERY_PRODUCTIVE):
-            kind, rule = "mixed", "4-mixed"
-            why.append(f"{good_reason} but you're carrying fatigue ({tsb_reason})")
-        else:
-            kind, rule = "mixed", "4-mixed"
-            why += [rec_reason or "no recovery score today", tsb_reason]
+        kind, rule = _recovery_rules(inputs, fired, why, rec_reason, tsb_reason)
     fired.append(rule)
 
     if kind == "productive" and band == "poor":
@@ -186,6 +156,46 @@ def decide_brief(inputs: BriefInputs) -> Decision:
     )
 
 
+def _recovery_rules(inputs: BriefInputs, fired: list[str], why: list[str],
+                    rec_reason: str | None, tsb_reason: str) -> tuple[Kind, str]:
+    """Rules 3 and 4 (no body stress, no HRV spike): de-load, productive or mixed."""
+    hrv = inputs.hrv_delta_pct
+    rhr = inputs.rhr_delta_pct
+    rec = inputs.recovery
+    kind: Kind
+    good_hrv = (
+        hrv is not None and hrv >= HRV_GOOD_PCT and (rhr is None or rhr < RHR_SLIGHT_PCT)
+    )
+    if good_hrv:
+        fired.append("3-hrv-up")
+    strain = (
+        hrv is not None
+        and rhr is not None
+        and hrv <= HRV_STRAIN_PCT
+        and rhr >= RHR_STRAIN_PCT
+        and hrv < HRV_GOOD_PCT
+    )
+    low_recovery = rec is not None and rec < RECOVERY_DELOAD
+    good_reason = f"HRV is up {hrv:.0f}% on your baseline" if good_hrv else rec_reason
+    if not good_hrv and (low_recovery or strain):
+        kind = "deload"
+        rule = "4-low-recovery" if low_recovery else "4-hrv-rhr-strain"
+        if low_recovery:
+            why.append(f"recovery is only {rec:.0f}%")
+        if strain:
+            why.append(f"HRV {_pct(hrv)} with resting HR {_pct(rhr)}")
+    elif (good_hrv or (rec is not None and rec >= RECOVERY_PRODUCTIVE)) and inputs.tsb >= 0:
+        kind, rule = "productive", "4-productive"
+        why += [str(good_reason), tsb_reason]
+    elif good_hrv or (rec is not None and rec >= RECOVERY_PRODUCTIVE):
+        kind, rule = "mixed", "4-mixed"
+        why.append(f"{good_reason} but you're carrying fatigue ({tsb_reason})")
+    else:
+        kind, rule = "mixed", "4-mixed"
+        why += [rec_reason or "no recovery score today", tsb_reason]
+    return kind, rule
+
+
 def _prescribe(
     inputs: BriefInputs,
     kind: Kind,
@@ -200,6 +210,7 @@ def _prescribe(
 ) -> Decision:
     """Turn the kind of day into numbers: TSS range, zones, session, fuelling."""
     duration: tuple[int, int] | None = None
+    zones: tuple[str, ...]
     easy_plan = kind in ("productive", "mixed") and high <= REST_TSS_CAP
     if kind == "rest":
         t_low, t_high, aim = 0.0, float(REST_TSS_CAP), float(REST_TSS_CAP)

@@ -553,6 +553,49 @@ def _prune_unlisted(athlete_dir: Path, listed: set[str], root: Path) -> None:
             path.rmdir()
 
 
+def _check_write_args(athlete_id: str, entries: list[dict[str, Any]], merge: bool,
+                      validity_days: float, extra: dict[str, Any] | None) -> None:
+    """Raise ValueError (naming the athlete) for arguments `write_manifest` refuses."""
+    if not entries and not merge:
+        raise ValueError(f"athlete {athlete_id}: no model entries to publish")
+    if not validity_days > 0:
+        raise ValueError(f"athlete {athlete_id}: validity_days must be > 0, got {validity_days}")
+    clash = sorted(set(extra or {}) & {*_FRESHNESS, "athlete_id", "schema_version"})
+    if clash:
+        raise ValueError(f"athlete {athlete_id}: extra fields {clash} are set by the writer")
+
+
+def _publish_entries(out_dir: Path, folder: str, athlete_id: str,
+                     normalised: list[tuple[Path, dict[str, Any]]],
+                     old_models: dict[Any, dict[str, Any]],
+                     now: dt.datetime) -> list[dict[str, Any]]:
+    """Copy each entry's file into the athlete's folder; its manifest entry, completed."""
+    models: list[dict[str, Any]] = []
+    seen_files: set[str] = set()
+    for source, entry in normalised:
+        name = f"{source.name}.zip" if source.is_dir() else source.name
+        rel = f"{folder}/{entry['family']}/{entry['registry_version']}/{name}"
+        if rel in seen_files:
+            raise ValueError(f"athlete {athlete_id}: two entries publish {rel}")
+        seen_files.add(rel)
+        dest = out_dir / rel
+        _publish_file(source, dest)
+        entry["file"] = rel
+        entry["sha256"] = digest_path(dest)
+        entry["size_bytes"] = size_path(dest)
+        entry["format"] = ("mlpackage.zip" if source.is_dir()
+                           else source.suffix.lstrip(".") or "bin")
+        if source.is_dir():
+            entry["package_sha256"] = digest_path(source)
+        old = old_models.get(_entry_key(entry))
+        if "created_at" not in entry:
+            same = old is not None and old.get("sha256") == entry["sha256"]
+            entry["created_at"] = old["created_at"] if same and "created_at" in old \
+                else _iso(now)
+        models.append(entry)
+    return models
+
+
 def write_manifest(out_dir: Path, athlete_id: str, entries: list[dict[str, Any]],
                    key_path: Path, *, minimum_ios: str, extra: dict[str, Any] | None = None,
                    merge: bool = False, validity_days: float = DEFAULT_VALIDITY_DAYS,
@@ -593,13 +636,7 @@ def write_manifest(out_dir: Path, athlete_id: str, entries: list[dict[str, Any]]
     if problem:
         raise ValueError(f"athlete {athlete_id!r}: {problem}")
     folder = athlete_key(athlete_id)  # the exact id stays in the manifest
-    if not entries and not merge:
-        raise ValueError(f"athlete {athlete_id}: no model entries to publish")
-    if not validity_days > 0:
-        raise ValueError(f"athlete {athlete_id}: validity_days must be > 0, got {validity_days}")
-    clash = sorted(set(extra or {}) & {*_FRESHNESS, "athlete_id", "schema_version"})
-    if clash:
-        raise ValueError(f"athlete {athlete_id}: extra fields {clash} are set by the writer")
+    _check_write_args(athlete_id, entries, merge, validity_days, extra)
     normalised = [_normalise_entry(athlete_id, e) for e in entries]
     key = ensure_signing_key(key_path)
     now = (now or _now()).astimezone(dt.UTC).replace(microsecond=0)
@@ -620,29 +657,7 @@ def write_manifest(out_dir: Path, athlete_id: str, entries: list[dict[str, Any]]
                       if isinstance(m, dict) and all(k in m for k in
                                                      ("family", "registry_version",
                                                       "variant", "kind"))}
-        models: list[dict[str, Any]] = []
-        seen_files: set[str] = set()
-        for source, entry in normalised:
-            name = f"{source.name}.zip" if source.is_dir() else source.name
-            rel = f"{folder}/{entry['family']}/{entry['registry_version']}/{name}"
-            if rel in seen_files:
-                raise ValueError(f"athlete {athlete_id}: two entries publish {rel}")
-            seen_files.add(rel)
-            dest = out_dir / rel
-            _publish_file(source, dest)
-            entry["file"] = rel
-            entry["sha256"] = digest_path(dest)
-            entry["size_bytes"] = size_path(dest)
-            entry["format"] = ("mlpackage.zip" if source.is_dir()
-                               else source.suffix.lstrip(".") or "bin")
-            if source.is_dir():
-                entry["package_sha256"] = digest_path(source)
-            old = old_models.get(_entry_key(entry))
-            if "created_at" not in entry:
-                same = old is not None and old.get("sha256") == entry["sha256"]
-                entry["created_at"] = old["created_at"] if same and "created_at" in old \
-                    else _iso(now)
-            models.append(entry)
+        models = _publish_entries(out_dir, folder, athlete_id, normalised, old_models, now)
         if merge:
             families = {m["family"] for m in models}
             models += [m for k, m in old_models.items() if k[0] not in families]
@@ -709,8 +724,43 @@ def verify_manifest(path: Path, public_key: Ed25519PublicKey | None = None, *,
     """
     path = Path(path)
     root = path.parent.parent
-    sig_path = path.with_name(SIGNATURE_NAME)
     where = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+    body, sig_doc, source = _verify_signature(path, where, public_key)
+    try:
+        manifest = json.loads(body)
+    except ValueError as exc:
+        raise OTAVerificationError(f"{where}: signed bytes are not JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise OTAVerificationError(f"{where}: signed bytes are not a JSON object")
+    from veloready_pipeline.ids import athlete_key
+
+    folder = path.parent.name
+    named = manifest.get("athlete_id")
+    if not isinstance(named, str) or athlete_key(named) != folder:
+        raise OTAVerificationError(
+            f"{where}: names athlete {named!r} but sits in the folder of athlete {folder!r} "
+            "(another athlete's manifest: refused)")
+    sequence = _check_freshness(manifest, where, now)
+    report = VerifyReport(manifest=path, athlete_id=named, folder=folder,
+                          key_id=sig_doc["key_id"],
+                          key_source=source, sequence=sequence,
+                          issued_at=str(manifest["issued_at"]),
+                          expires_at=str(manifest["expires_at"]),
+                          manifest_sha256=hashlib.sha256(body).hexdigest())
+    own = (root / folder).resolve()
+    for entry in manifest.get("models", []):
+        report.files.append(_verify_listed_file(entry, root, own, folder, where))
+    return report
+
+
+def _verify_signature(path: Path, where: str, public_key: Ed25519PublicKey | None,
+                      ) -> tuple[bytes, dict[str, Any], str]:
+    """The manifest's bytes, its signature document and the key's source (given/embedded).
+
+    Raises OTAVerificationError unless the signature file is readable, of our algorithm,
+    its key id matches its key (and the given key) and the signature matches the bytes.
+    """
+    sig_path = path.with_name(SIGNATURE_NAME)
     try:
         body = path.read_bytes()
         sig_doc = json.loads(sig_path.read_text(encoding="utf-8"))
@@ -739,20 +789,11 @@ def verify_manifest(path: Path, public_key: Ed25519PublicKey | None = None, *,
     except InvalidSignature as exc:
         raise OTAVerificationError(f"{where}: Ed25519 signature does not match the manifest "
                                    "bytes (manifest or signature tampered with)") from exc
-    try:
-        manifest = json.loads(body)
-    except ValueError as exc:
-        raise OTAVerificationError(f"{where}: signed bytes are not JSON ({exc})") from exc
-    if not isinstance(manifest, dict):
-        raise OTAVerificationError(f"{where}: signed bytes are not a JSON object")
-    from veloready_pipeline.ids import athlete_key
+    return body, sig_doc, source
 
-    folder = path.parent.name
-    named = manifest.get("athlete_id")
-    if not isinstance(named, str) or athlete_key(named) != folder:
-        raise OTAVerificationError(
-            f"{where}: names athlete {named!r} but sits in the folder of athlete {folder!r} "
-            "(another athlete's manifest: refused)")
+
+def _check_freshness(manifest: dict[str, Any], where: str, now: dt.datetime | None) -> int:
+    """The manifest's sequence; raises unless it is valid, issued and not expired."""
     sequence = _valid_sequence(manifest.get("sequence"))
     issued, expires = (_parse_time(manifest.get(k)) for k in ("issued_at", "expires_at"))
     if sequence is None or issued is None or expires is None:
@@ -768,40 +809,37 @@ def verify_manifest(path: Path, public_key: Ed25519PublicKey | None = None, *,
         age = (now - expires).total_seconds() / 86400
         raise OTAVerificationError(f"{where}: expired at {manifest['expires_at']} "
                                    f"({age:.1f} days ago; sequence {sequence}): refused")
-    report = VerifyReport(manifest=path, athlete_id=named, folder=folder,
-                          key_id=sig_doc["key_id"],
-                          key_source=source, sequence=sequence,
-                          issued_at=str(manifest["issued_at"]),
-                          expires_at=str(manifest["expires_at"]),
-                          manifest_sha256=hashlib.sha256(body).hexdigest())
-    own = (root / folder).resolve()
-    for entry in manifest.get("models", []):
-        rel = str(entry.get("file", "")) if isinstance(entry, dict) else ""
-        target = (root / rel).resolve()
-        if not rel or not target.is_relative_to(own):
-            family = entry.get("family") if isinstance(entry, dict) else None
-            raise OTAVerificationError(f"{where}: entry {family!r} has a file path {rel!r} "
-                                       f"outside the athlete's folder {folder}/")
-        if not target.is_file():
-            raise OTAVerificationError(f"{rel}: listed in {where} but missing")
-        size = size_path(target)
-        if size != entry.get("size_bytes"):
-            raise OTAVerificationError(f"{rel}: size mismatch (manifest "
-                                       f"{entry.get('size_bytes')} bytes, file {size} bytes)")
-        digest = digest_path(target)
-        if digest != entry.get("sha256"):
-            raise OTAVerificationError(f"{rel}: sha256 mismatch (manifest "
-                                       f"{entry.get('sha256')}, file {digest})")
-        if "package_sha256" in entry:
-            try:
-                inner = _zip_package_digest(target)
-            except zipfile.BadZipFile as exc:
-                raise OTAVerificationError(f"{rel}: not a valid zip ({exc})") from exc
-            if inner != entry["package_sha256"]:
-                raise OTAVerificationError(f"{rel}: package digest mismatch (manifest "
-                                           f"{entry['package_sha256']}, zip holds {inner})")
-        report.files.append({"file": rel, "sha256": digest, "size_bytes": size})
-    return report
+    return sequence
+
+
+def _verify_listed_file(entry: object, root: Path, own: Path, folder: str,
+                        where: str) -> dict[str, Any]:
+    """One listed file: inside the athlete's folder, present, of the listed size and digests."""
+    rel = str(entry.get("file", "")) if isinstance(entry, dict) else ""
+    target = (root / rel).resolve()
+    if not isinstance(entry, dict) or not rel or not target.is_relative_to(own):
+        family = entry.get("family") if isinstance(entry, dict) else None
+        raise OTAVerificationError(f"{where}: entry {family!r} has a file path {rel!r} "
+                                   f"outside the athlete's folder {folder}/")
+    if not target.is_file():
+        raise OTAVerificationError(f"{rel}: listed in {where} but missing")
+    size = size_path(target)
+    if size != entry.get("size_bytes"):
+        raise OTAVerificationError(f"{rel}: size mismatch (manifest "
+                                   f"{entry.get('size_bytes')} bytes, file {size} bytes)")
+    digest = digest_path(target)
+    if digest != entry.get("sha256"):
+        raise OTAVerificationError(f"{rel}: sha256 mismatch (manifest "
+                                   f"{entry.get('sha256')}, file {digest})")
+    if "package_sha256" in entry:
+        try:
+            inner = _zip_package_digest(target)
+        except zipfile.BadZipFile as exc:
+            raise OTAVerificationError(f"{rel}: not a valid zip ({exc})") from exc
+        if inner != entry["package_sha256"]:
+            raise OTAVerificationError(f"{rel}: package digest mismatch (manifest "
+                                       f"{entry['package_sha256']}, zip holds {inner})")
+    return {"file": rel, "sha256": digest, "size_bytes": size}
 
 
 def _unlisted(root: Path, athlete_dir: Path, listed: set[str]) -> list[str]:

@@ -361,12 +361,7 @@ def apply_field(raw: object, spec: FieldSpec, row: dict[str, object] | None = No
     if is_missing(raw):
         return math.nan
     if spec.values is not None:
-        key = str(raw).strip()
-        lookup = {str(k).strip().lower(): v for k, v in spec.values.items()}
-        if key.lower() in lookup:
-            raw = lookup[key.lower()]
-        elif not _looks_numeric(key):
-            raise ValueError(f"{raw!r} is not one of {sorted(spec.values)}")
+        raw = _mapped_value(raw, spec.values)
     if spec.convert == "duration_to_hours" and isinstance(raw, str):
         x = parse_duration_hours(raw)
     else:
@@ -376,13 +371,33 @@ def apply_field(raw: object, spec: FieldSpec, row: dict[str, object] | None = No
     if spec.range is not None and not spec.range[0] <= x <= spec.range[1]:
         raise ValueError(f"{x:g} is outside the mapped range {spec.range[0]:g} to "
                          f"{spec.range[1]:g}")
+    x = _convert(x, spec, row)
+    if spec.scale is not None:
+        a, b = spec.scale
+        x = (x - a) / (b - a) * 100.0
+    return x * spec.multiply + spec.offset
+
+
+def _mapped_value(raw: object, values: dict[str, float]) -> object:
+    """The ``values`` mapping of a cell (case-insensitive); a numeric cell passes through."""
+    key = str(raw).strip()
+    lookup = {str(k).strip().lower(): v for k, v in values.items()}
+    if key.lower() in lookup:
+        return lookup[key.lower()]
+    if not _looks_numeric(key):
+        raise ValueError(f"{raw!r} is not one of {sorted(values)}")
+    return raw
+
+
+def _convert(x: float, spec: FieldSpec, row: dict[str, object] | None) -> float:
+    """The field's ``convert`` step."""
     if spec.convert == "seconds_to_hours":
-        x = x / 3600.0
-    elif spec.convert == "minutes_to_hours":
-        x = x / 60.0
-    elif spec.convert == "fraction_to_percent":
-        x = x * 100.0
-    elif spec.convert == "kj_to_tss":
+        return x / 3600.0
+    if spec.convert == "minutes_to_hours":
+        return x / 60.0
+    if spec.convert == "fraction_to_percent":
+        return x * 100.0
+    if spec.convert == "kj_to_tss":
         ftp = spec.ftp_w
         if spec.ftp_column is not None:
             cell = (row or {}).get(spec.ftp_column)
@@ -392,13 +407,10 @@ def apply_field(raw: object, spec: FieldSpec, row: dict[str, object] | None = No
         if ftp is None or not ftp > 0:
             raise ValueError(f"no FTP for kj_to_tss (column {spec.ftp_column!r} is empty "
                              "and no ftp_w fallback)")
-        x = x * spec.intensity_factor * 100.0 / (3.6 * ftp)
-    elif spec.convert == "nonzero_to_flag":
-        x = 0.0 if x == 0 else 1.0
-    if spec.scale is not None:
-        a, b = spec.scale
-        x = (x - a) / (b - a) * 100.0
-    return x * spec.multiply + spec.offset
+        return x * spec.intensity_factor * 100.0 / (3.6 * ftp)
+    if spec.convert == "nonzero_to_flag":
+        return 0.0 if x == 0 else 1.0
+    return x
 
 
 def _looks_numeric(text: str) -> bool:
@@ -521,13 +533,7 @@ def map_rows(rows: Iterable[RawRow], mapping: GenericMapping) -> MappedRows:
         by_spec = mapping.date.model_copy(update={"column": by,
                                                   "format": mapping.same_day.format})
     for order, row in enumerate(rows):
-        if mapping.athlete.column is not None:
-            athlete_raw = row.values.get(mapping.athlete.column)
-            athlete = None if is_missing(athlete_raw) else str(athlete_raw).strip()
-        elif mapping.athlete.constant is not None:
-            athlete = mapping.athlete.constant
-        else:
-            athlete = row.athlete_hint
+        athlete = _row_athlete(row, mapping.athlete)
         if not athlete:
             out.issues.append(ParseIssue(None, row.file, row.line, mapping.athlete.column,
                                          "no athlete id; row skipped"))
@@ -562,25 +568,42 @@ def map_rows(rows: Iterable[RawRow], mapping: GenericMapping) -> MappedRows:
         record: dict[str, object] = {"athlete_id": athlete, "date": parsed.normalize(),
                                      "_file": row.file, "_line": row.line,
                                      "_time": when, "_order": order}
-        for name, spec in mapping.fields.items():
-            if spec.column not in row.values:
-                continue
-            raw = row.values[spec.column]
-            tokens.seen(athlete, row.file, spec.column, raw, into=name)
-            if name in TEXT_FIELDS:
-                record[name] = None if is_missing(raw) else str(raw).strip()
-                continue
-            try:
-                record[name] = apply_field(raw, spec, row.values)
-            except (ValueError, TypeError) as exc:
-                record[name] = math.nan
-                out.issues.append(ParseIssue(
-                    athlete, row.file, row.line, spec.column,
-                    f"value {raw!r} for {name} is not usable: {exc}; left empty",
-                ))
+        _map_fields(record, row, athlete, mapping, tokens, out.issues)
         out.records.append(record)
     out.issues.extend(tokens.notes())
     return out
+
+
+def _row_athlete(row: RawRow, spec: AthleteSpec) -> str | None:
+    """The row's athlete id: its column, else the constant, else the file's hint."""
+    if spec.column is not None:
+        athlete_raw = row.values.get(spec.column)
+        return None if is_missing(athlete_raw) else str(athlete_raw).strip()
+    if spec.constant is not None:
+        return spec.constant
+    return row.athlete_hint
+
+
+def _map_fields(record: dict[str, object], row: RawRow, athlete: str,
+                mapping: GenericMapping, tokens: MissingTokenTally,
+                issues: list[ParseIssue]) -> None:
+    """The mapped fields of one row into ``record``; unusable values NaN and reported."""
+    for name, spec in mapping.fields.items():
+        if spec.column not in row.values:
+            continue
+        raw = row.values[spec.column]
+        tokens.seen(athlete, row.file, spec.column, raw, into=name)
+        if name in TEXT_FIELDS:
+            record[name] = None if is_missing(raw) else str(raw).strip()
+            continue
+        try:
+            record[name] = apply_field(raw, spec, row.values)
+        except (ValueError, TypeError) as exc:
+            record[name] = math.nan
+            issues.append(ParseIssue(
+                athlete, row.file, row.line, spec.column,
+                f"value {raw!r} for {name} is not usable: {exc}; left empty",
+            ))
 
 
 def _time_key(rec: dict[str, object]) -> tuple[int, pd.Timestamp, int]:

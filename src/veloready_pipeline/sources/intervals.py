@@ -71,6 +71,7 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 
@@ -267,136 +268,175 @@ def _read_export(
     table: CsvTable, athlete: str
 ) -> tuple[list[dict[str, object]], list[ParseIssue], list[str]]:
     """Canonical records of one athlete's export, its issues and notes."""
-    file = str(table.path)
-    date_col = "date" if "date" in table.header else "id"
-    issues: list[ParseIssue] = []
-    notes: list[str] = []
+    return _ExportReader(table, athlete).read()
 
-    def number(row_line: int, column: str, raw: str) -> float:
+
+class _ExportReader:
+    """One athlete's export read row by row into canonical records (one per day)."""
+
+    def __init__(self, table: CsvTable, athlete: str) -> None:
+        self.table = table
+        self.athlete = athlete
+        self.file = str(table.path)
+        self.date_col = "date" if "date" in table.header else "id"
+        self.issues: list[ParseIssue] = []
+        self.notes: list[str] = []
+        self.by_day: dict[object, dict[str, object]] = {}
+        self.injury_levels: list[tuple[object, float]] = []
+        self.scores_seen: dict[str, list[float]] = {col: [] for col in SCORES}
+        self.eftp_cols = sorted((h for h in table.header if _EFTP.match(h)),
+                                key=lambda h: (h != "Ride_eftp", table.header.index(h)))
+        # Columns read into the canonical table (their missing-value tokens are counted).
+        used: dict[str, str] = {
+            **{col: canon for col, (canon, _) in DIRECT.items()}, **FOUR_POINT, **SCORES,
+            **{col: "eftp_w" for col in self.eftp_cols}, "ctlLoad": "tss", "atlLoad": "tss",
+            "injury": "injury",
+        }
+        self.used = {col: canon for col, canon in used.items() if col in table.header}
+        self.tokens = MissingTokenTally()
+        self.superseded = 0
+
+    def issue(self, line: int, column: str, message: str) -> None:
+        self.issues.append(ParseIssue(self.athlete, self.file, line, column, message))
+
+    def number(self, row_line: int, column: str, raw: str) -> float:
         try:
             return parse_number(raw)
         except ValueError:
-            issues.append(ParseIssue(athlete, file, row_line, column,
-                                     f"value {raw!r} is not a number; left empty"))
+            self.issue(row_line, column, f"value {raw!r} is not a number; left empty")
             return math.nan
 
-    by_day: dict[object, dict[str, object]] = {}
-    injury_levels: list[tuple[object, float]] = []
-    scores_seen: dict[str, list[float]] = {col: [] for col in SCORES}
-    eftp_cols = sorted((h for h in table.header if _EFTP.match(h)),
-                       key=lambda h: (h != "Ride_eftp", table.header.index(h)))
-    # Columns read into the canonical table (their missing-value tokens are counted).
-    used: dict[str, str] = {
-        **{col: canon for col, (canon, _) in DIRECT.items()}, **FOUR_POINT, **SCORES,
-        **{col: "eftp_w" for col in eftp_cols}, "ctlLoad": "tss", "atlLoad": "tss",
-        "injury": "injury",
-    }
-    used = {col: canon for col, canon in used.items() if col in table.header}
-    tokens = MissingTokenTally()
-    superseded = 0
-    for row in table.rows:
-        v = row.values
+    def read(self) -> tuple[list[dict[str, object]], list[ParseIssue], list[str]]:
+        for row in self.table.rows:
+            day = self._day(row.values, row.line)
+            if day is not None:
+                self._keep(day, self._record(row.values, row.line, day))
+        self._injury_events()
+        self._rescale_scores()
+        self._summary_notes()
+        self.issues.extend(self.tokens.notes())
+        return list(self.by_day.values()), self.issues, self.notes
+
+    def _day(self, v: dict[str, str], line: int) -> pd.Timestamp | None:
+        """The row's day (naive, normalised), None (and an issue) when unreadable."""
         try:
-            day = pd.Timestamp(str(v.get(date_col, "")).strip())
+            day = pd.Timestamp(str(v.get(self.date_col, "")).strip())
             if day is pd.NaT:
                 raise ValueError
         except (ValueError, TypeError):
-            issues.append(ParseIssue(athlete, file, row.line, date_col,
-                                     f"date {v.get(date_col)!r} is not a date; row skipped"))
-            continue
-        day = day.tz_localize(None).normalize() if day.tzinfo else day.normalize()
-        for col, canon in used.items():
-            tokens.seen(athlete, file, col, v.get(col), into=canon)
-        rec: dict[str, object] = {"athlete_id": athlete, "date": day, "_file": file,
-                                  "_line": row.line}
+            self.issue(line, self.date_col,
+                       f"date {v.get(self.date_col)!r} is not a date; row skipped")
+            return None
+        return day.tz_localize(None).normalize() if day.tzinfo else day.normalize()
+
+    def _record(self, v: dict[str, str], line: int, day: pd.Timestamp) -> dict[str, object]:
+        """The canonical record of one readable row."""
+        for col, canon in self.used.items():
+            self.tokens.seen(self.athlete, self.file, col, v.get(col), into=canon)
+        rec: dict[str, object] = {"athlete_id": self.athlete, "date": day, "_file": self.file,
+                                  "_line": line}
         for col, (canon, div) in DIRECT.items():
             if col in v and not is_missing(v[col]):
-                rec[canon] = number(row.line, col, v[col]) / div
+                rec[canon] = self.number(line, col, v[col]) / div
         for col, canon in FOUR_POINT.items():
-            if col in v and not is_missing(v[col]):
-                level = number(row.line, col, v[col])
-                if math.isnan(level):
-                    continue
-                if level not in (1.0, 2.0, 3.0, 4.0):
-                    issues.append(ParseIssue(athlete, file, row.line, col,
-                                             f"{col} {level:g} is outside intervals.icu's "
-                                             "1-4 scale; left empty"))
-                    continue
+            level = self._level(v, line, col)
+            if level is not None:
                 rec[canon] = four_point_to_score(level)
+        self._scores(v, line, rec)
+        self._eftp(v, line, rec)
+        rec["_updated"] = _updated(v.get("updated"))
+        rec["tss"] = _daily_load(v, line, self.number)
+        level = self._level(v, line, "injury")
+        if level is not None:
+            self.injury_levels.append((day, level))
+            rec["_injury_level"] = level
+        return rec
+
+    def _level(self, v: dict[str, str], line: int, col: str) -> float | None:
+        """A 1-4 scale value; None when empty, not a number or outside 1-4 (an issue)."""
+        if col not in v or is_missing(v[col]):
+            return None
+        level = self.number(line, col, v[col])
+        if math.isnan(level):
+            return None
+        if level not in (1.0, 2.0, 3.0, 4.0):
+            self.issue(line, col,
+                       f"{col} {level:g} is outside intervals.icu's 1-4 scale; left empty")
+            return None
+        return level
+
+    def _scores(self, v: dict[str, str], line: int, rec: dict[str, object]) -> None:
         for col, canon in SCORES.items():
             if col in v and not is_missing(v[col]):
-                r = number(row.line, col, v[col])
+                r = self.number(line, col, v[col])
                 if not math.isnan(r):
                     rec[canon] = r
-                    scores_seen[col].append(r)
-        for col in eftp_cols:
+                    self.scores_seen[col].append(r)
+
+    def _eftp(self, v: dict[str, str], line: int, rec: dict[str, object]) -> None:
+        for col in self.eftp_cols:
             if not is_missing(v.get(col)):
-                eftp = number(row.line, col, v[col])
+                eftp = self.number(line, col, v[col])
                 if not math.isnan(eftp):
                     rec["eftp_w"] = eftp
-                    break
-        rec["_updated"] = _updated(v.get("updated"))
-        rec["tss"] = _daily_load(v, row.line, number)
-        if "injury" in v and not is_missing(v["injury"]):
-            level = number(row.line, "injury", v["injury"])
-            if not math.isnan(level):
-                if level not in (1.0, 2.0, 3.0, 4.0):
-                    issues.append(ParseIssue(athlete, file, row.line, "injury",
-                                             f"injury {level:g} is outside intervals.icu's "
-                                             "1-4 scale; left empty"))
-                else:
-                    injury_levels.append((day, level))
-                    rec["_injury_level"] = level
-        if day in by_day:
-            prev = by_day[day]
+                    return
+
+    def _keep(self, day: pd.Timestamp, rec: dict[str, object]) -> None:
+        """Store the day's record; a second row of the same day supersedes one of them."""
+        if day in self.by_day:
+            prev = self.by_day[day]
             # The row intervals.icu updated last wins; no/equal timestamps: the later line.
             new_wins = not (_updated_key(prev) > _updated_key(rec))
             kept, lost = (rec, prev) if new_wins else (prev, rec)
             why = ("updated later" if _updated_key(kept) != _updated_key(lost)
                    else "same or no 'updated' time; the later line wins")
-            issues.append(ResolvedIssue(
-                athlete, file, int(lost["_line"]), date_col,  # type: ignore[call-overload]
+            self.issues.append(ResolvedIssue(
+                self.athlete, self.file, int(cast(int, lost["_line"])), self.date_col,
                 f"date {day.date()} appears again at line {kept['_line']}, which is kept "
                 f"({why}); this row is superseded",
             ))
-            superseded += 1
+            self.superseded += 1
             rec = kept
-        by_day[day] = rec
+        self.by_day[day] = rec
 
-    # Injury events: a day whose level reaches the event level from below.
-    previous = 1.0
-    events: dict[object, float] = {}
-    kept_levels = sorted((day, float(rec["_injury_level"]))  # type: ignore[arg-type]
-                         for day, rec in by_day.items() if "_injury_level" in rec)
-    for day, level in kept_levels:  # only the rows kept (not superseded ones)
-        events[day] = 1.0 if level >= INJURY_EVENT_LEVEL > previous else 0.0
-        previous = level
-    for day, flag in events.items():
-        by_day[day]["injury"] = flag
+    def _injury_events(self) -> None:
+        """Injury events: a day whose level reaches the event level from below."""
+        previous = 1.0
+        events: dict[object, float] = {}
+        kept_levels = sorted((day, float(cast(float, rec["_injury_level"])))
+                             for day, rec in self.by_day.items() if "_injury_level" in rec)
+        for day, level in kept_levels:  # only the rows kept (not superseded ones)
+            events[day] = 1.0 if level >= INJURY_EVENT_LEVEL > previous else 0.0
+            previous = level
+        for day, flag in events.items():
+            self.by_day[day]["injury"] = flag
 
-    for col, canon in SCORES.items():
-        seen = scores_seen[col]
-        if seen and max(seen) <= 10.0:
-            for rec in by_day.values():
-                if canon in rec:
-                    rec[canon] = float(rec[canon]) * 10.0  # type: ignore[arg-type]
-            notes.append(f"{col} is on a 0-10 scale in this export (all {len(seen)} values "
-                         f"<= 10, largest {max(seen):g}): multiplied by 10 into {canon}")
-    if superseded:
-        notes.append(f"{superseded} row(s) superseded by another row of the same date (the "
-                     "one updated last is kept, each listed as a warning)")
-    if eftp_cols:
-        n_eftp = sum(1 for rec in by_day.values() if "eftp_w" in rec)
-        notes.append(f"estimated FTP (eftp_w) from {' then '.join(eftp_cols)} on "
-                     f"{n_eftp} day(s)")
-    custom = [h for h in table.header if h not in STANDARD_FIELDS and h not in eftp_cols
-              and h]
-    if custom:
-        notes.append(f"custom fields not used: {', '.join(custom)}")
-    if not injury_levels:
-        notes.append("no injury entries (injury unknown)")
-    issues.extend(tokens.notes())
-    return list(by_day.values()), issues, notes
+    def _rescale_scores(self) -> None:
+        for col, canon in SCORES.items():
+            seen = self.scores_seen[col]
+            if seen and max(seen) <= 10.0:
+                for rec in self.by_day.values():
+                    if canon in rec:
+                        rec[canon] = float(cast(float, rec[canon])) * 10.0
+                self.notes.append(
+                    f"{col} is on a 0-10 scale in this export (all {len(seen)} values "
+                    f"<= 10, largest {max(seen):g}): multiplied by 10 into {canon}")
+
+    def _summary_notes(self) -> None:
+        if self.superseded:
+            self.notes.append(
+                f"{self.superseded} row(s) superseded by another row of the same date (the "
+                "one updated last is kept, each listed as a warning)")
+        if self.eftp_cols:
+            n_eftp = sum(1 for rec in self.by_day.values() if "eftp_w" in rec)
+            self.notes.append(f"estimated FTP (eftp_w) from {' then '.join(self.eftp_cols)} "
+                              f"on {n_eftp} day(s)")
+        custom = [h for h in self.table.header
+                  if h not in STANDARD_FIELDS and h not in self.eftp_cols and h]
+        if custom:
+            self.notes.append(f"custom fields not used: {', '.join(custom)}")
+        if not self.injury_levels:
+            self.notes.append("no injury entries (injury unknown)")
 
 
 def _updated(raw: object) -> pd.Timestamp:

@@ -306,6 +306,9 @@ def read_participant(folder: Path, tz: str = PMDATA_TIMEZONE) -> Participant:
 # --------------------------------------------------------------------------- wellness
 
 
+_WellnessEntry = tuple[pd.Timestamp, pd.Timestamp, int, dict[str, float]]
+
+
 def _read_wellness(p: Participant, path: Path, tz: str) -> None:
     if not path.is_file():
         p.notes.append("no pmsys/wellness.csv (no readiness, so no recovery target)")
@@ -313,7 +316,7 @@ def _read_wellness(p: Participant, path: Path, tz: str) -> None:
     table = _open_table(p, path, ("effective_time_frame", *WELLNESS_NUMBERS))
     if table is None:
         return
-    entries: list[tuple[pd.Timestamp, pd.Timestamp, int, dict[str, float]]] = []
+    entries: list[_WellnessEntry] = []
     for row in table.rows:
         try:
             stamp = utc_stamp(row.values.get("effective_time_frame"))
@@ -322,47 +325,64 @@ def _read_wellness(p: Participant, path: Path, tz: str) -> None:
             p.issue(path, row.line, "effective_time_frame", f"{exc}; row skipped")
             continue
         p.count_tokens(path, row.values)
-        answers: dict[str, float] = {}
-        for col in WELLNESS_NUMBERS:
-            raw = row.values.get(col)
-            try:
-                answers[col] = parse_number(raw)
-            except ValueError:
-                p.bad_value(day, path, row.line, col,
-                            f"value {raw!r} is not a number; left empty")
-                answers[col] = math.nan
-        if all(answers[c] == 0 for c in WELLNESS_NUMBERS):
-            p.warn(path, row.line, None,
-                   "empty submission (every answer is 0); row skipped")
+        answers = _wellness_answers(p, path, row.line, day, row.values)
+        if answers is None:
             continue
-        for col in FIVE_POINT:
-            x = answers[col]
-            if x == 0:  # PMSys writes 0 for a question left unanswered (see empty forms)
-                p.warn(path, row.line, col, f"{col} 0 is outside the 1-5 scale: unanswered; "
-                       "left empty")
-                answers[col] = math.nan
-            elif not math.isnan(x) and not 1 <= x <= 5:
-                p.bad_value(day, path, row.line, col,
-                            f"{col} {x:g} is outside the 1-5 scale; left empty")
-                answers[col] = math.nan
-        r = answers["readiness"]
-        if not math.isnan(r) and not 0 <= r <= 10:
-            p.bad_value(day, path, row.line, "readiness",
-                        f"readiness {r:g} is outside the 0-10 scale; left empty")
-            answers["readiness"] = math.nan
-        h = answers["sleep_duration_h"]
-        if h == 0:
-            p.warn(path, row.line, "sleep_duration_h", "sleep_duration_h 0: unanswered; "
-                   "left empty")
-            answers["sleep_duration_h"] = math.nan
-        elif not math.isnan(h) and not 0 < h <= 24:
-            p.bad_value(day, path, row.line, "sleep_duration_h",
-                        f"sleep_duration_h {h:g} is not a sleep duration (0-24 h); left empty")
-            answers["sleep_duration_h"] = math.nan
+        _blank_out_of_range(p, path, row.line, day, answers)
         entries.append((stamp, day, row.line, answers))
     entries.sort(key=lambda e: e[0])
     _blank_readiness_zero_runs(p, path, entries)
+    _put_latest_wellness(p, path, entries)
 
+
+def _wellness_answers(p: Participant, path: Path, line: int, day: pd.Timestamp,
+                      values: dict[str, str]) -> dict[str, float] | None:
+    """The row's numeric answers (unreadable ones NaN); None for an empty submission."""
+    answers: dict[str, float] = {}
+    for col in WELLNESS_NUMBERS:
+        raw = values.get(col)
+        try:
+            answers[col] = parse_number(raw)
+        except ValueError:
+            p.bad_value(day, path, line, col, f"value {raw!r} is not a number; left empty")
+            answers[col] = math.nan
+    if all(answers[c] == 0 for c in WELLNESS_NUMBERS):
+        p.warn(path, line, None, "empty submission (every answer is 0); row skipped")
+        return None
+    return answers
+
+
+def _blank_out_of_range(p: Participant, path: Path, line: int, day: pd.Timestamp,
+                        answers: dict[str, float]) -> None:
+    """Blank (NaN) the answers left unanswered (0) or outside their scale, each reported."""
+    for col in FIVE_POINT:
+        x = answers[col]
+        if x == 0:  # PMSys writes 0 for a question left unanswered (see empty forms)
+            p.warn(path, line, col, f"{col} 0 is outside the 1-5 scale: unanswered; "
+                   "left empty")
+            answers[col] = math.nan
+        elif not math.isnan(x) and not 1 <= x <= 5:
+            p.bad_value(day, path, line, col,
+                        f"{col} {x:g} is outside the 1-5 scale; left empty")
+            answers[col] = math.nan
+    r = answers["readiness"]
+    if not math.isnan(r) and not 0 <= r <= 10:
+        p.bad_value(day, path, line, "readiness",
+                    f"readiness {r:g} is outside the 0-10 scale; left empty")
+        answers["readiness"] = math.nan
+    h = answers["sleep_duration_h"]
+    if h == 0:
+        p.warn(path, line, "sleep_duration_h", "sleep_duration_h 0: unanswered; "
+               "left empty")
+        answers["sleep_duration_h"] = math.nan
+    elif not math.isnan(h) and not 0 < h <= 24:
+        p.bad_value(day, path, line, "sleep_duration_h",
+                    f"sleep_duration_h {h:g} is not a sleep duration (0-24 h); left empty")
+        answers["sleep_duration_h"] = math.nan
+
+
+def _put_latest_wellness(p: Participant, path: Path, entries: list[_WellnessEntry]) -> None:
+    """Each day's latest report (entries are in time order) into the participant's days."""
     kept: dict[pd.Timestamp, tuple[int, dict[str, float]]] = {}
     superseded = 0
     for _, day, line, answers in entries:  # in time order: the latest report wins
@@ -389,8 +409,7 @@ def _read_wellness(p: Participant, path: Path, tz: str) -> None:
 
 
 def _blank_readiness_zero_runs(
-    p: Participant, path: Path,
-    entries: list[tuple[pd.Timestamp, pd.Timestamp, int, dict[str, float]]],
+    p: Participant, path: Path, entries: list[_WellnessEntry],
 ) -> None:
     """Blank runs of >= READINESS_ZERO_RUN consecutive readiness answers of 0."""
     run: list[int] = []
