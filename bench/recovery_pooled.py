@@ -4,8 +4,8 @@
     nice -n 10 .venv/bin/python bench/recovery_pooled.py --seeds 7 --easy-seeds 7
 
 Per seed (``--athletes`` x ``--days``, realistic profile) it runs the flow's own
-recovery stage - `pipeline.fit_population` once over all riders, then
-`pipeline.train_family` per chunk of ``execution.chunk_size`` riders, the run's seed -
+recovery stage - `training.fit_population` once over all riders, then
+`training.train_family` per chunk of ``execution.chunk_size`` riders, the run's seed -
 and prints, on each rider's untouched test part:
 
 * the simulator's noise floor (``recovery_rmse``: tomorrow's score around its
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from veloready_pipeline import pipeline  # noqa: E402
+from veloready_pipeline import ingest, training  # noqa: E402
 from veloready_pipeline.config import load_settings  # noqa: E402
 from veloready_pipeline.results import ModelResult  # noqa: E402
 from veloready_pipeline.simulate import simulate_athletes  # noqa: E402
@@ -57,11 +57,11 @@ def run_stage(frame: Any, seed: int, trials: int | None) -> list[ModelResult]:
     tuning = {"recovery_population_trials": trials} if trials else {}
     settings = load_settings(seed=seed, families=["recovery"], tuning=tuning)
     ids = sorted(frame["athlete_id"].astype(str).unique())
-    population = pipeline.fit_population("recovery", frame, ids, settings)
+    population = training.fit_population("recovery", frame, ids, settings)
     out: list[ModelResult] = []
-    for chunk in pipeline.chunk_ids(ids, settings.execution.chunk_size):
+    for chunk in ingest.chunk_ids(ids, settings.execution.chunk_size):
         rows = frame[frame["athlete_id"].isin(chunk)]
-        out += pipeline.train_family("recovery", rows, chunk, settings, None, population)
+        out += training.train_family("recovery", rows, chunk, settings, None, population)
     return out
 
 

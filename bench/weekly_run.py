@@ -134,11 +134,20 @@ def rusage_mib() -> dict[str, float]:
 def instrument_stages() -> None:
     """Wrap the stage functions the flow's own process runs, so each reports its time.
 
-    The training stage times itself in `pipeline.train_family` (it may run in Dask
+    The training stage times itself in `training.train_family` (it may run in Dask
     worker processes, where a wrapper made here would not exist).
     """
     import flows.weekly_training as wt
-    from veloready_pipeline import pipeline, publish, registry, report, validation
+    from veloready_pipeline import (
+        fsio,
+        ingest,
+        publish,
+        registry,
+        report,
+        summary,
+        tables,
+        validation,
+    )
     from veloready_pipeline.timing import time_stage
 
     def wrap(owner: Any, attr: str, stage: str) -> None:
@@ -153,20 +162,20 @@ def instrument_stages() -> None:
         inner._bench_stage = stage  # type: ignore[attr-defined]
         setattr(owner, attr, inner)
 
-    wrap(pipeline, "load_data", "ingest")
+    wrap(ingest, "load_data", "ingest")
     wrap(validation, "validate_frame", "validate")
     wrap(validation, "write_quarantine_reports", "validate")
-    wrap(pipeline, "cut_as_of", "validate")
-    wrap(pipeline, "select_athletes", "validate")
+    wrap(ingest, "cut_as_of", "validate")
+    wrap(ingest, "select_athletes", "validate")
     wrap(registry, "register_results", "register")
     wrap(publish, "export_registered", "export")
     wrap(publish, "publish_manifests", "ota")
     wrap(report, "build_report", "report")
     wrap(registry, "log_report", "report")
-    wrap(pipeline, "data_digest", "summary")
-    wrap(pipeline, "summary_rows", "summary")
-    wrap(pipeline, "gate_table_markdown", "summary")
-    wrap(pipeline, "atomic_write_text", "summary")
+    wrap(ingest, "data_digest", "summary")
+    wrap(summary, "summary_rows", "summary")
+    wrap(tables, "gate_table_markdown", "summary")
+    wrap(fsio, "atomic_write_text", "summary")
     del wt
 
 

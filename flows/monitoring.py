@@ -30,7 +30,7 @@ from tasks.monitoring import (
     store_predictions,
 )
 from tasks.training import ingest_data, validate_data
-from veloready_pipeline import pipeline
+from veloready_pipeline import ingest
 from veloready_pipeline.config import Settings, load_settings
 from veloready_pipeline.monitoring import drift_markdown
 
@@ -39,7 +39,7 @@ def _load_frame(settings: Settings, data: str | None, as_of: str | None,
                 athlete_ids: list[str] | None) -> Any:
     ingested = ingest_data(settings, data, None)
     outcome = validate_data(ingested, settings, as_of)
-    return pipeline.select_athletes(pipeline.cut_as_of(outcome.clean, as_of), athlete_ids)
+    return ingest.select_athletes(ingest.cut_as_of(outcome.clean, as_of), athlete_ids)
 
 
 @flow(name="live-monitoring", log_prints=True)

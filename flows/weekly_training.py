@@ -44,9 +44,11 @@ from tasks.training import (
     validate_data,
     write_report,
 )
-from veloready_pipeline import pipeline, rerun
+from veloready_pipeline import fsio, ingest, rerun
 from veloready_pipeline.config import Family, Settings, load_settings
 from veloready_pipeline.results import ModelResult
+from veloready_pipeline.sources.common import NoDataError
+from veloready_pipeline.summary import closing_text, counts_text, run_rows, status_counts
 from veloready_pipeline.validation import data_notes_markdown
 
 
@@ -69,14 +71,14 @@ def train_chunks(frame: Any, families: list[str], settings: Settings,
     Training tasks run on the configured runner (Dask workers or a thread); as each
     chunk comes back, this flow's own process logs and registers it in MLflow (one
     writer, safe on SQLite) while the workers train the next chunks, so the registry
-    costs no wall time of its own. ``frame`` may come wrapped in `pipeline.AthleteRows`
+    costs no wall time of its own. ``frame`` may come wrapped in `ingest.AthleteRows`
     so the sub-flow's parameters (sent to the Prefect API) hold the table's size, not
     its rows. Without ``registry`` nothing is registered (outcomes are empty).
     """
-    if isinstance(frame, pipeline.AthleteRows):
+    if isinstance(frame, ingest.AthleteRows):
         frame = frame.frame
     ids = sorted(frame["athlete_id"].astype(str).unique())
-    chunks = pipeline.chunk_ids(ids, settings.execution.chunk_size)
+    chunks = ingest.chunk_ids(ids, settings.execution.chunk_size)
     # Recovery's population model needs every athlete: one task fits it first (on the
     # runner, like a chunk) and each recovery chunk gets it. Its chunks go last, so the
     # other families' chunks train while the population is fitted.
@@ -172,16 +174,16 @@ def weekly_training(
     started = dt.datetime.now(dt.UTC)
 
     ingested = ingest_data(settings, data, source)
-    pipeline.check_training_window(ingested.frame, as_of, since)  # names the data's dates
+    ingest.check_training_window(ingested.frame, as_of, since)  # names the data's dates
     outcome = validate_data(ingested, settings, as_of, since)
-    frame = pipeline.select_athletes(pipeline.cut_as_of(outcome.clean, as_of), athlete_ids)
+    frame = ingest.select_athletes(ingest.cut_as_of(outcome.clean, as_of), athlete_ids)
     quarantined = {aid: _first_failure(rep)
                    for aid, rep in outcome.quarantined.items()
                    if not athlete_ids or aid in athlete_ids}
     logger.info("validated %d athletes: %d quarantined, %d training", outcome.n_athletes,
                 len(outcome.quarantined), frame["athlete_id"].nunique())
     if frame.empty:  # nothing to train: say why, naming the data's dates
-        raise pipeline.NoDataError(pipeline.no_rows_message(
+        raise NoDataError(ingest.no_rows_message(
             ingested.frame, outcome.clean, as_of, athlete_ids, since,
             len(outcome.quarantined)))
 
@@ -192,7 +194,7 @@ def weekly_training(
         "source_location": ingested.location,
         "as_of": as_of or "",
     }
-    digest = pipeline.data_digest(frame) if len(frame) else "empty"
+    digest = ingest.data_digest(frame) if len(frame) else "empty"
     registry = RegistryArgs(digest, lineage,
                             settings.resolve(settings.paths.reports_dir) / "plots" / run_id)
     # Families whose batch (rows, settings, code) is unchanged since its registered
@@ -203,25 +205,17 @@ def weekly_training(
     if train_fams:
         runner = make_task_runner(settings)
         results, outcomes = train_chunks.with_options(task_runner=runner)(
-            pipeline.AthleteRows.of(frame), train_fams, settings, None, progress, registry)
+            ingest.AthleteRows.of(frame), train_fams, settings, None, progress, registry)
     outcomes = review_challengers(outcomes, settings)
     exports = export_models(0, results, shippable_outcomes(outcomes), settings)
     manifests = publish_ota(exports, outcomes, settings)
 
-    by_key = {(o.athlete_id, o.family): o for o in outcomes}
-    rows = pipeline.summary_rows(results, by_key, exports, quarantined, fams, manifests)
-    rows = rerun.merge_rows(rows, plan.rows(), fams)
-    rows += [{"athlete_id": aid, "family": fam, "status": "skipped", "reason": reason,
-              "metrics": {}, "registry_version": None, "artifacts": {}}
-             for aid, reason in sorted(outcome.skipped.items())
-             if not athlete_ids or aid in athlete_ids for fam in fams]
     data_notes = {a: n for a, n in outcome.data_notes.items()
                   if not athlete_ids or a in athlete_ids}
-    pipeline.annotate_rows(rows, data_notes)
-    for row in rows:
-        if row["athlete_id"] in manifests:
-            row["artifacts"]["ota_manifest"] = manifests[row["athlete_id"]]
-    counts = pipeline.status_counts(rows)
+    skipped = {a: why for a, why in outcome.skipped.items() if not athlete_ids or a in athlete_ids}
+    rows = run_rows(results, outcomes, exports, manifests, quarantined, skipped, plan.rows(),
+                    data_notes, fams)
+    counts = status_counts(rows)
     recorded = rerun.save(settings, plan.fingerprints, rows, train_fams, run_id)
     summary = {
         "flow_run_id": run_id,
@@ -250,12 +244,12 @@ def weekly_training(
                           settings)
     summary["report"] = report
     summary["pooled"] = report.get("pooled_metrics", {})
-    pipeline.atomic_write_text(out, json.dumps(summary, indent=2, default=str))
+    fsio.atomic_write_text(out, json.dumps(summary, indent=2, default=str))
     create_markdown_artifact(
         key="data-notes", markdown=data_notes_markdown(outcome.note_counts(), data_notes),
         description="Masked values, dropped rows and every other data note of this run",
     )
-    logger.info("done: %s; summary at %s", rerun.closing_text(counts, rows), out)
+    logger.info("done: %s; summary at %s", closing_text(counts, rows), out)
     return summary
 
 
@@ -297,8 +291,8 @@ def weekly_training_backfill(
     """
     logger = get_run_logger()
     settings = settings or load_settings()
-    window = pipeline.data_window(pipeline.load_data(settings, data).frame)
-    dates, before = pipeline.backfill_dates(start, end, every_days, window)
+    window = ingest.data_window(ingest.load_data(settings, data).frame)
+    dates, before = ingest.backfill_dates(start, end, every_days, window)
     first, latest = window  # backfill_dates refused a window-less data set
     if before:
         logger.warning("backfill: %d as-of date(s) before the data's first day %s skipped "
@@ -315,7 +309,7 @@ def weekly_training_backfill(
                                   athlete_ids=athlete_ids, families=families, progress=False)
         out.append({"as_of": day.isoformat(), "counts": summary["counts"],
                     "summary_path": summary["summary_path"]})
-        logger.info("backfill as of %s: %s", day, pipeline.counts_text(summary["counts"]))
+        logger.info("backfill as of %s: %s", day, counts_text(summary["counts"]))
     return out
 
 if __name__ == "__main__":

@@ -13,35 +13,36 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from veloready_pipeline import pipeline
+from veloready_pipeline import ingest, tables, training
 from veloready_pipeline.config import Settings
 from veloready_pipeline.logs import get_logger
 from veloready_pipeline.results import ModelResult
+from veloready_pipeline.summary import counts_text
 
 log = get_logger("stages")
 
 
 @task(name="ingest-data", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
-def ingest_data(settings: Settings, data: str | None, source: str | None) -> pipeline.IngestResult:
+def ingest_data(settings: Settings, data: str | None, source: str | None) -> ingest.IngestResult:
     """Read every athlete's daily rows into the canonical table."""
-    return pipeline.load_data(settings, data, source)
+    return ingest.load_data(settings, data, source)
 
 
 @task(name="validate-data", cache_policy=NO_CACHE)
-def validate_data(ingested: pipeline.IngestResult, settings: Settings,
+def validate_data(ingested: ingest.IngestResult, settings: Settings,
                   as_of: str | None = None, since: str | None = None) -> Any:
     """Great Expectations suites in the training window: bad rows dropped or masked and
     reported, unusable athletes quarantined; writes the reports and the data notes."""
     from veloready_pipeline.ids import athlete_key
     from veloready_pipeline.validation import write_quarantine_reports
 
-    outcome = pipeline.validate_ingested(ingested, settings, as_of, since)
+    outcome = ingest.validate_ingested(ingested, settings, as_of, since)
     folder = settings.resolve(settings.paths.quarantine_dir)
     write_quarantine_reports(outcome, folder)
     log.info("validate: %d athletes checked by the Great Expectations suite, %d quarantined, "
              "%d without rows in the training window; data notes: %s",
              outcome.n_athletes, len(outcome.quarantined), len(outcome.skipped),
-             pipeline.data_notes_line(outcome.note_counts()))
+             ingest.data_notes_line(outcome.note_counts()))
     for aid, report in sorted(outcome.quarantined.items()):
         fails = getattr(report, "failures", []) or [{}]
         first = fails[0]
@@ -55,7 +56,7 @@ def validate_data(ingested: pipeline.IngestResult, settings: Settings,
 def fit_population(family: str, frame: pd.DataFrame, athlete_ids: list[str],
                    settings: Settings) -> Any:
     """A family's population model over all athletes (recovery), before its chunks."""
-    return pipeline.fit_population(family, frame, athlete_ids, settings)
+    return training.fit_population(family, frame, athlete_ids, settings)
 
 
 @task(name="train-family-chunk", cache_policy=NO_CACHE,
@@ -65,7 +66,7 @@ def train_family_chunk(family: str, chunk_no: int, frame: pd.DataFrame, athlete_
                        warm_starts: dict[str, dict[str, Any]] | None = None,
                        population: Any = None) -> list[ModelResult]:
     """Features, split, Optuna tuning, fit and gate for one family on a chunk of athletes."""
-    return pipeline.train_family(family, frame, athlete_ids, settings, warm_starts,
+    return training.train_family(family, frame, athlete_ids, settings, warm_starts,
                                  population)
 
 
@@ -83,7 +84,7 @@ def register_models(results: list[ModelResult], settings: Settings, data_hash: s
 
     # Test-part plots with axes as hand-written SVG (the MLflow UI previews it), every model.
     outcomes = register_results(results, settings, data_hash=data_hash, lineage=lineage,
-                                score_fn=pipeline.score_model, plot_fn=model_svg,
+                                score_fn=training.score_model, plot_fn=model_svg,
                                 workdir=workdir, known_runs=known_runs)
     for out in outcomes:
         if out.version is not None:
@@ -138,18 +139,18 @@ def write_report(summary: dict[str, Any], out_dir: Path, settings: Settings) -> 
     experiment = configure_mlflow(settings).get_experiment_by_name(EXPERIMENT)
     exp_id = experiment.experiment_id if experiment is not None else None
     base = settings.ui.mlflow_url
-    report_url = pipeline.mlflow_run_url(base, exp_id, run_id)
+    report_url = tables.mlflow_run_url(base, exp_id, run_id)
     rows, counts = summary["rows"], summary["counts"]
     create_markdown_artifact(
         key="gate-table",
-        markdown="# Weekly training gate table\n\n" + pipeline.counts_markdown(counts)
+        markdown="# Weekly training gate table\n\n" + tables.counts_markdown(counts)
         + "\n\nVersions and runs link to the MLflow UI at "
-        + f"[{base}]({pipeline.mlflow_experiment_url(base, exp_id) or base})"
+        + f"[{base}]({tables.mlflow_experiment_url(base, exp_id) or base})"
         + " (`ui.mlflow_url`); the full evaluation report is the `evaluation-report` "
         "artifact.\n\n"
-        + pipeline.gate_table_markdown(rows, mlflow_url=base, experiment_id=exp_id),
+        + tables.gate_table_markdown(rows, mlflow_url=base, experiment_id=exp_id),
         description=f"Gate verdicts of {len(rows)} athlete models: "
-        + pipeline.counts_text(counts),
+        + counts_text(counts),
     )
     create_markdown_artifact(
         key="evaluation-report", markdown=prefect_report_markdown(summary, report_url),

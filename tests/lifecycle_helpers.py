@@ -26,10 +26,11 @@ from mlflow.tracking import MlflowClient
 
 from veloready_pipeline.config import Settings, load_settings
 from veloready_pipeline.export.ota import load_public_key, public_key_path, verify_path
-from veloready_pipeline.pipeline import score_model, summary_rows
 from veloready_pipeline.publish import RECORD, export_registered, publish_manifests
 from veloready_pipeline.registry import EXPERIMENT, KnownRuns, register_results, residual_svg
 from veloready_pipeline.review import shippable
+from veloready_pipeline.summary import summary_rows
+from veloready_pipeline.training import score_model
 
 
 def run_week(results: list[Any], settings: Settings, workdir: Path,

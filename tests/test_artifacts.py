@@ -8,10 +8,10 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from veloready_pipeline.gates import Check
-from veloready_pipeline.pipeline import counts_markdown, gate_table_markdown
 from veloready_pipeline.plots import model_svg
 from veloready_pipeline.report import prefect_report_markdown
 from veloready_pipeline.results import ModelResult
+from veloready_pipeline.tables import counts_markdown, gate_table_markdown
 
 LONG_REASON = ("failed: pooled test events 8 < 10 (misses by 2); pooled auroc undefined "
                "(needs >= 0.750); " + "word " * 60 + "end-of-reason | with a pipe")

@@ -22,7 +22,7 @@ def small_data(tmp_path_factory) -> Path:
 @pytest.mark.slow  # Prefect test harness (local API server)
 def test_as_of_before_the_data_fails_naming_its_dates(prefect_api, small_data, veloready_home):
     from flows.weekly_training import weekly_training
-    from veloready_pipeline.pipeline import NoDataError
+    from veloready_pipeline.sources.common import NoDataError
 
     with pytest.raises(NoDataError, match=r"as of 2026-01-01: the data covers "
                        r"dates 2026-03-01\.\.2026-04-09 \(2 athletes\); pick an as-of date "
@@ -35,7 +35,7 @@ def test_as_of_before_the_data_fails_naming_its_dates(prefect_api, small_data, v
 def test_backfill_window_before_the_data_fails_before_training(prefect_api, small_data,
                                                                veloready_home):
     from flows.weekly_training import weekly_training_backfill
-    from veloready_pipeline.pipeline import NoDataError
+    from veloready_pipeline.sources.common import NoDataError
 
     with pytest.raises(NoDataError, match=r"backfill 2025-12-01\.\.2026-01-05: every as-of "
                        r"date is before the data, which covers 2026-03-01\.\.2026-04-09"):
@@ -55,7 +55,8 @@ def test_backfill_deployments_require_a_window():
 def test_no_rows_message_names_the_data_window():
     import pandas as pd
 
-    from veloready_pipeline.pipeline import counts_text, no_rows_message
+    from veloready_pipeline.ingest import no_rows_message
+    from veloready_pipeline.summary import counts_text
 
     raw = pd.DataFrame({"athlete_id": ["a", "a", "b"],
                         "date": pd.to_datetime(["2026-02-01", "2026-02-20", "2026-03-01"])})
@@ -74,7 +75,8 @@ def test_no_rows_message_names_the_data_window():
 def test_backfill_dates_inside_the_data():
     import datetime as dt
 
-    from veloready_pipeline.pipeline import NoDataError, backfill_dates
+    from veloready_pipeline.ingest import backfill_dates
+    from veloready_pipeline.sources.common import NoDataError
 
     window = ("2026-03-01", "2026-04-09")
     dates, before = backfill_dates("2026-02-20", "2026-03-20", 7, window)

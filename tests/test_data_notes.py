@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from veloready_pipeline.pipeline import annotate_rows, data_notes_line
+from veloready_pipeline.ingest import data_notes_line
 from veloready_pipeline.report import build_report
+from veloready_pipeline.summary import annotate_rows
 from veloready_pipeline.validation import NOTE_KINDS, data_notes_markdown
 
 NOTES = {

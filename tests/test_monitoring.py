@@ -197,7 +197,7 @@ def test_monitoring_flow_flags_only_the_athlete_whose_physiology_changed(
         veloready_home, prefect_api):
 
     from flows.monitoring import daily_monitoring
-    from veloready_pipeline import pipeline
+    from veloready_pipeline import ingest, training
     from veloready_pipeline.registry import register_results
     from veloready_pipeline.simulate import simulate_athletes
 
@@ -208,9 +208,9 @@ def test_monitoring_flow_flags_only_the_athlete_whose_physiology_changed(
                              monitoring={"drift_action": "rollback"})
     as_of = (start + pd.Timedelta(days=TRAIN_DAYS - 1)).date().isoformat()
     ids = sorted(frame["athlete_id"].unique())
-    results = pipeline.train_family("recovery", pipeline.cut_as_of(frame, as_of), ids, settings)
+    results = training.train_family("recovery", ingest.cut_as_of(frame, as_of), ids, settings)
     outcomes = register_results(results, settings, data_hash="sim", lineage={},
-                                score_fn=pipeline.score_model)
+                                score_fn=training.score_model)
     champions = sorted(o.athlete_id for o in outcomes if o.champion)
     assert len(champions) >= 3, [r.reason for r in results]
 

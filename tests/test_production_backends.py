@@ -77,8 +77,8 @@ def _settings(tracking_uri: str, artifacts: Path) -> Any:
 def _register_worker(args: tuple[str, str, list[Any], str, Any]) -> list[dict[str, Any]]:
     """One worker process: wait for the others, then register its results."""
     tracking_uri, artifacts, results, data_hash, barrier = args
-    from veloready_pipeline.pipeline import score_model
     from veloready_pipeline.registry import register_results
+    from veloready_pipeline.training import score_model
 
     settings = _settings(tracking_uri, Path(artifacts))
     barrier.wait(timeout=300)
@@ -200,7 +200,7 @@ def test_register_stage_spreads_over_local_processes_on_postgres(pg_database,
                                                                 monkeypatch):
     """With several local workers configured, one `register_results` call shards."""
     from veloready_pipeline import registry
-    from veloready_pipeline.pipeline import score_model
+    from veloready_pipeline.training import score_model
 
     monkeypatch.setattr(registry, "MIN_RESULTS_PER_WRITER", 2)
     calls = []

@@ -9,9 +9,9 @@ from mlflow.tracking import MlflowClient
 from helpers_data import toy_athlete
 from veloready_pipeline.config import load_settings
 from veloready_pipeline.models.recovery import train_recovery_model
-from veloready_pipeline.pipeline import score_model
 from veloready_pipeline.plots import plot_residuals
 from veloready_pipeline.registry import CHAMPION, register_results, registered_name
+from veloready_pipeline.training import score_model
 
 
 @pytest.fixture

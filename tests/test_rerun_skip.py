@@ -2,7 +2,7 @@
 
 Tiny data (4 easy athletes x 130 days, recovery only, 3 trials) through the real weekly
 flow: Prefect (test harness), GX, MLflow SQLite registry, Core ML/ONNX export, signed
-manifests. Fits are counted at `pipeline.train_family` and `pipeline.fit_population`
+manifests. Fits are counted at `training.train_family` and `training.fit_population`
 (the thread runner calls them in this process). Recovery fits one population model
 over every athlete before its personal trees, so one athlete's changed rows retrain
 the family's whole batch.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from veloready_pipeline import pipeline
+from veloready_pipeline import training
 from veloready_pipeline.config import load_settings
 from veloready_pipeline.publish import export_dir
 from veloready_pipeline.simulate import simulate_athletes
@@ -51,7 +51,7 @@ def test_batch_fingerprint_covers_rows_settings_and_code(monkeypatch):
 def fits(monkeypatch) -> list[tuple[str, list[str]]]:
     """(family, athletes) of every chunk fit; population fits as (family + ':population')."""
     calls: list[tuple[str, list[str]]] = []
-    real_train, real_population = pipeline.train_family, pipeline.fit_population
+    real_train, real_population = training.train_family, training.fit_population
 
     def train(family, frame, athlete_ids, *args, **kwargs):
         calls.append((family, list(athlete_ids)))
@@ -61,8 +61,8 @@ def fits(monkeypatch) -> list[tuple[str, list[str]]]:
         calls.append((f"{family}:population", []))
         return real_population(family, frame, athlete_ids, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "train_family", train)
-    monkeypatch.setattr(pipeline, "fit_population", population)
+    monkeypatch.setattr(training, "train_family", train)
+    monkeypatch.setattr(training, "fit_population", population)
     return calls
 
 

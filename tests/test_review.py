@@ -11,7 +11,6 @@ from mlflow.tracking import MlflowClient
 from helpers_data import toy_athlete
 from veloready_pipeline.config import load_settings
 from veloready_pipeline.models.recovery import train_recovery_model
-from veloready_pipeline.pipeline import score_model
 from veloready_pipeline.registry import CHALLENGER, CHAMPION, register_results, registered_name
 from veloready_pipeline.review import (
     ReviewDecision,
@@ -24,6 +23,7 @@ from veloready_pipeline.review import (
     review_markdown,
     shippable,
 )
+from veloready_pipeline.training import score_model
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from veloready_pipeline.cli import app
 from veloready_pipeline.config import load_settings
 from veloready_pipeline.export.ota import verify_path
 from veloready_pipeline.models.recovery import train_recovery_model
-from veloready_pipeline.pipeline import score_model
 from veloready_pipeline.publish import export_registered, publish_manifests
 from veloready_pipeline.registry import CHAMPION, register_results, registered_name
 from veloready_pipeline.review import ReviewDecision, apply_decision, pending_challengers
@@ -31,6 +30,7 @@ from veloready_pipeline.rollout import (
     promote_rollout,
     rollback_champion,
 )
+from veloready_pipeline.training import score_model
 
 ATHLETE = "ro1"
 _PREFIX = itertools.count()

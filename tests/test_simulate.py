@@ -432,7 +432,7 @@ def test_simulate_cli_history_ends_today_so_train_keeps_every_athlete(tmp_path) 
     import pandas as pd
 
     from veloready_pipeline.config import Settings
-    from veloready_pipeline.pipeline import load_data, validate_ingested
+    from veloready_pipeline.ingest import load_data, validate_ingested
 
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), str(root)]),

@@ -158,7 +158,7 @@ def _whoop_expected(person: str) -> tuple[list[int], list[int]]:
 def _ingest(path: Path, mapping: Path | None = None):  # type: ignore[no-untyped-def]
     """Load and validate through the run's own path (settings, window, tolerances)."""
     from veloready_pipeline.config import Settings
-    from veloready_pipeline.pipeline import load_data, validate_ingested
+    from veloready_pipeline.ingest import load_data, validate_ingested
 
     settings = Settings()
     settings.source.mapping = None if mapping is None else str(mapping)

@@ -291,7 +291,7 @@ def test_missing_tokens_are_counted_per_column(tmp_path: Path) -> None:
 
 def test_missing_tokens_and_abc_reach_the_runs_data_notes(tmp_path: Path) -> None:
     from veloready_pipeline.config import Settings
-    from veloready_pipeline.pipeline import data_notes_line, load_data, validate_ingested
+    from veloready_pipeline.ingest import data_notes_line, load_data, validate_ingested
 
     f = _token_export(tmp_path)
     settings = Settings()

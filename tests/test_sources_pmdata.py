@@ -357,7 +357,7 @@ def test_abc_is_masked_and_tokens_counted_in_the_runs_data_notes(tmp_path: Path)
     from zoneinfo import ZoneInfo
 
     from veloready_pipeline.config import Settings
-    from veloready_pipeline.pipeline import data_notes_line, load_data, validate_ingested
+    from veloready_pipeline.ingest import data_notes_line, load_data, validate_ingested
 
     start = dt.datetime.now(dt.UTC).replace(hour=8) - dt.timedelta(days=60)
     rows = []

@@ -748,7 +748,7 @@ def test_long_intervals_export_trains_in_its_window_and_lists_each_masked_value(
     the late sensors are notes, and the days before the window are counted.
     """
     from veloready_pipeline.config import Settings
-    from veloready_pipeline.pipeline import IngestResult, validate_ingested
+    from veloready_pipeline.ingest import IngestResult, validate_ingested
     from veloready_pipeline.sources.intervals import IntervalsSource
 
     folder = Path(__file__).parent / "fixtures" / "intervals_long"

@@ -383,7 +383,8 @@ def train(
         since = check_date(since, "--since")
         check_source(settings, data, source, mapping)
         if as_of or since:  # a window outside the data: one line before any flow starts
-            from veloready_pipeline.pipeline import NoDataError, check_training_window, load_data
+            from veloready_pipeline.ingest import check_training_window, load_data
+            from veloready_pipeline.sources.common import NoDataError
 
             try:
                 check_training_window(load_data(settings, data, source).frame, as_of, since)
@@ -405,7 +406,7 @@ def train(
     if summary["quarantined"]:
         typer.echo(f"quarantined:    {len(summary['quarantined'])} athletes, reports in "
                    f"{summary['quarantine_dir']}")
-    from veloready_pipeline.pipeline import data_notes_line
+    from veloready_pipeline.ingest import data_notes_line
 
     typer.echo(f"data notes:     {data_notes_line(summary.get('data_note_counts', {}))} "
                f"(per athlete in the summary's data_notes)")
@@ -430,7 +431,7 @@ def backfill(
     fams = check_families(families)
     start = check_date(start, "--start") or start
     end = check_date(end, "--end") or end
-    from veloready_pipeline.pipeline import backfill_dates, data_window, load_data
+    from veloready_pipeline.ingest import backfill_dates, data_window, load_data
 
     # a window outside the data is a user mistake: say so before any flow starts
     backfill_dates(start, end, every_days, data_window(load_data(settings, data).frame))
@@ -439,7 +440,7 @@ def backfill(
     runs = weekly_training_backfill(start=start, end=end, every_days=every_days,
                                     settings=settings, data=data,
                                     athlete_ids=_csv(athletes), families=fams)  # type: ignore[arg-type]
-    from veloready_pipeline.pipeline import counts_text
+    from veloready_pipeline.summary import counts_text
 
     for run in runs:
         typer.echo(f"as of {run['as_of']}: {counts_text(run['counts'])}")
@@ -464,7 +465,7 @@ def main(
         raise
     from flows.daily_briefs import daily_briefs
     from flows.weekly_training import weekly_training
-    from veloready_pipeline.pipeline import counts_text
+    from veloready_pipeline.summary import counts_text
 
     summary = weekly_training(settings=settings)
     briefs = daily_briefs(settings=settings)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from veloready_pipeline.config import Settings
-from veloready_pipeline.pipeline import atomic_write_text
+from veloready_pipeline.fsio import atomic_write_text
 from veloready_pipeline.results import ModelResult
 
 RECORD = "export.json"

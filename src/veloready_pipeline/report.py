@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from veloready_pipeline.pipeline import atomic_write_text, cell, counts_markdown, md_text
+from veloready_pipeline.fsio import atomic_write_text
+from veloready_pipeline.tables import cell, counts_markdown, md_text
 
 
 def auroc(y: np.ndarray, score: np.ndarray) -> float:

@@ -143,7 +143,7 @@ def _read_state(path: Path) -> dict[str, Any] | None:
 def plan(frame: pd.DataFrame, families: Sequence[str], settings: Settings,
          as_of: str | None = None, data_digest: str | None = None) -> RerunPlan:
     """Fingerprint every family's batch and find the ones whose work is already done."""
-    from veloready_pipeline.pipeline import data_digest as digest_of
+    from veloready_pipeline.ingest import data_digest as digest_of
 
     digest = data_digest or (digest_of(frame) if len(frame) else "empty")
     ids = sorted(frame["athlete_id"].astype(str).unique()) if len(frame) else []
@@ -267,7 +267,7 @@ def save(settings: Settings, fingerprints: dict[str, str], rows: list[dict[str, 
     validation on every run). A failed model, a failed export or an unshipped champion
     (which may be transient) leaves no record, so the next run trains the family again.
     """
-    from veloready_pipeline.pipeline import atomic_write_text
+    from veloready_pipeline.fsio import atomic_write_text
     from veloready_pipeline.registry import configure_mlflow, model_aliases
 
     client = None
@@ -290,29 +290,3 @@ def save(settings: Settings, fingerprints: dict[str, str], rows: list[dict[str, 
         atomic_write_text(path, json.dumps(state, indent=1, default=str))
         saved.append(family)
     return saved
-
-
-def closing_text(counts: dict[str, dict[str, int]], rows: list[dict[str, Any]]) -> str:
-    """The closing counts; an unchanged family also says what its standing models are."""
-    from veloready_pipeline.pipeline import counts_text
-
-    prev: dict[str, dict[str, int]] = {}
-    for r in rows:
-        if r.get("status") == "unchanged":
-            fam = prev.setdefault(r["family"], {})
-            fam[r.get("previous_status", "")] = fam.get(r.get("previous_status", ""), 0) + 1
-    text = counts_text(counts)
-    if prev:
-        text += " (unchanged, not retrained: " + "; ".join(
-            f"{fam}: " + ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(by.items()))
-            for fam, by in prev.items()) + ")"
-    return text
-
-
-def merge_rows(rows: list[dict[str, Any]], unchanged: list[dict[str, Any]],
-               families: Sequence[str]) -> list[dict[str, Any]]:
-    """The run's rows plus the unchanged families' rows, in the summary's order."""
-    out = rows + unchanged
-    out.sort(key=lambda x: (x["athlete_id"], families.index(x["family"])
-                            if x["family"] in families else 99))
-    return out

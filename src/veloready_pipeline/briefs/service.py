@@ -137,7 +137,7 @@ def load_brief_data(data: str | None, settings: Settings) -> pd.DataFrame:
     import veloready_pipeline.sources as sources
 
     if hasattr(sources, "make_source"):  # the source factory + the training flow's loader
-        from veloready_pipeline.pipeline import load_data
+        from veloready_pipeline.ingest import load_data
 
         return load_data(settings, data).frame
     from veloready_pipeline.sources.canonical import CanonicalFileSource
