@@ -7,7 +7,7 @@ Usage::
 For each seed the simulator draws the riders (``realistic`` profile), the pipeline
 builds each rider's zone dataset (`features_nets.make_zone_dataset`: the chronological
 split aligned on FTP-test days, gate rows = the test part's measured FTP tests) and
-the pipeline's own zone gate (`models.nets.zone_verdict` with the configured
+the pipeline's own zone gate (`gates.zone_verdict` with the configured
 thresholds) judges the **oracle**: a "model" that predicts, for every scored test, the
 simulator's hidden latent FTP of that day - the value the test itself measures, up to
 the test's own noise. No model fitted on the rider's rows can do better on average,
@@ -24,7 +24,7 @@ their training and validation parts, the nets' inputs) is the simplest learned
 reference. The bench ends with a table per seed: passes and pooled MAE on the scored
 tests of each reference.
 
-The gate is the pipeline's (`gates.zone_gate`): absolute limits, non-inferiority to the
+The gate is the pipeline's (`gates.zone_verdict`): absolute limits, non-inferiority to the
 last test within one FTP-test noise (estimated from the seed's training-part tests, as
 the pipeline does per batch) and, over the seed's scored riders pooled, an MAE better
 than the last test's. Printed per seed: riders scored, passes, and why the rest failed
@@ -51,8 +51,7 @@ from veloready_pipeline.features_nets import (
     make_zone_dataset,
     zone_feature_frame,
 )
-from veloready_pipeline.gates import GateVerdict, regression_metrics
-from veloready_pipeline.models.nets import zone_verdict
+from veloready_pipeline.gates import GateVerdict, regression_metrics, zone_verdict
 from veloready_pipeline.simulate import simulate_athletes
 
 

@@ -8,6 +8,7 @@ import torch
 
 from veloready_pipeline.config import GateThresholds, load_settings
 from veloready_pipeline.features_nets import FEATURE_NAMES_INJURY, make_injury_dataset
+from veloready_pipeline.gates import injury_verdict
 from veloready_pipeline.models.injury import (
     InjuryLSTM,
     brier,
@@ -26,7 +27,6 @@ from veloready_pipeline.models.net_layers import (
     pad_stack,
 )
 from veloready_pipeline.models.net_tuning import FamilyResult
-from veloready_pipeline.models.nets import injury_verdict
 from veloready_pipeline.simulate import simulate_athletes
 
 N_FEAT = len(FEATURE_NAMES_INJURY)

@@ -343,7 +343,7 @@ POOLED_OK = {"pooled_mae": 4.0, "pooled_last_test_mae": 5.0, "ftp_test_noise_pct
 
 def _zone_verdict(mae: float, base_mae: float, pooled: dict | None = None,
                   thresholds: GateThresholds = ZGATE):
-    from veloready_pipeline.models.nets import zone_verdict
+    from veloready_pipeline.gates import zone_verdict
 
     return zone_verdict({"rmse": mae, "mae": mae},
                         {"last_test_rmse": base_mae, "last_test_mae": base_mae,

@@ -287,7 +287,7 @@ def _default_gates() -> dict[str, GateThresholds]:
         # Watts on FTP: a zone boundary 8 W off is inside a day-to-day power meter drift.
         "zones": GateThresholds(rmse_max=8.0, mae_max=6.0),
         # Ranking real injury events; Brier must beat the base rate (baseline). See
-        # `models.nets.injury_verdict`: the AUROC is pooled over the batch's test parts
+        # `gates.injury_verdict`: the AUROC is pooled over the batch's test parts
         # (a rider's own test part holds 0-2 events) and needs >= 10 distinct events.
         "injury": GateThresholds(auroc_min=0.75, min_events=10),
     }

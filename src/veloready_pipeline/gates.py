@@ -4,6 +4,10 @@ A verdict lists every check with its value, threshold and margin, so a failure r
 "rmse 9.42 > 8.00 (by 1.42)" rather than just "failed". A model must pass every
 threshold configured for its family *and* beat each naive baseline; otherwise it is
 never registered, exported or advertised to the app.
+
+Every family's verdict lives here: `evaluate_gate` (thresholds and naive baselines,
+the recovery family's verdict), `zone_verdict` and `injury_verdict` (the nets' checks
+that use figures pooled over the batch).
 """
 
 from __future__ import annotations
@@ -154,9 +158,13 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     }
 
 
-def zone_gate(metrics: dict[str, float], baselines: dict[str, float],
-              pooled: dict[str, float], thresholds: GateThresholds) -> GateVerdict:
+def zone_verdict(metrics: dict[str, float], baselines: dict[str, float],
+                 pooled: dict[str, float], thresholds: GateThresholds) -> GateVerdict:
     """One rider's zone model: every check below must pass (NaN never passes).
+
+    FTP error in watts, non-inferior to "FTP stays at the last test" within a test's
+    noise, and the batch's pooled MAE better than the last test's (``pooled`` from
+    `models.zones.pooled_zone_metrics`).
 
     1. Absolute accuracy on the rider's scored (measured) FTP tests: ``rmse`` and
        ``mae`` below the configured limits (watts).
@@ -192,6 +200,63 @@ def zone_gate(metrics: dict[str, float], baselines: dict[str, float],
     pb = float(pooled.get("pooled_last_test_mae", np.nan))
     add(Check("beats pooled last_test_mae (batch)", pm, pb, "beats",
               _finite(pm) and _finite(pb) and pm < pb))
+    return verdict
+
+
+def injury_verdict(metrics: dict[str, float], baselines: dict[str, float],
+                   pooled: dict[str, float], thresholds: GateThresholds) -> GateVerdict:
+    """One athlete's injury model: every check below must pass (NaN never passes).
+
+    1. Calibration, own test rows (always defined): Brier score below the Brier of the
+       athlete's training-part base rate. A model that cannot beat "the usual risk,
+       every day" on its own rider is not shipped.
+    2. Ranking evidence (``min_events``): the batch's pooled test parts hold at least
+       that many distinct events; fewer and no AUROC is evidence, the check fails.
+    3. Ranking, pooled (``auroc_min``): the AUROC of the risk over all the batch's test
+       parts together. It is the only statistically meaningful ranking figure (the
+       app's fixed 50/70 thresholds also assume a risk means the same for every rider).
+    4. Ranking vs the rule (``must_beat_baselines``): the pooled AUROC beats the
+       warning-sign score's pooled AUROC on the same rows, and, when the athlete's own
+       test part holds an event (own AUROC defined), the athlete's own AUROC beats the
+       warning-sign score's own AUROC (or is a perfect 1.0, which nothing can beat).
+       An athlete with no test event has no own ranking check: an AUROC needs an
+       event; their verdict rests on checks 1-3 (calibration on their own days, the
+       family's ranking on the batch they belong to).
+
+    ``metrics``: own ``brier``, ``auroc``; ``baselines``: own ``base_rate_brier``,
+    ``warning_score_auroc``; ``pooled``: ``pooled_auroc``, ``pooled_warning_score_auroc``,
+    ``pooled_n_onsets`` (see `models.injury.pooled_injury_metrics`).
+
+    Why: a personal test part (15 % of ~5 months) holds zero to two injury events, so
+    a per-athlete AUROC is mostly undefined (no event) or a coin of one event; these
+    checks are what a per-athlete verdict can honestly say.
+    """
+    verdict = GateVerdict("injury")
+    add = verdict.checks.append
+
+    def finite(*xs: float) -> bool:
+        return all(x is not None and bool(np.isfinite(x)) for x in xs)
+
+    brier, base = metrics.get("brier", np.nan), baselines.get("base_rate_brier", np.nan)
+    add(Check("beats base_rate_brier", float(brier), float(base), "beats",
+              finite(brier, base) and brier < base))
+    auc = float(pooled.get("pooled_auroc", np.nan))
+    if thresholds.min_events is not None:
+        n = float(pooled.get("pooled_n_onsets", np.nan))
+        add(Check("pooled test events", n, float(thresholds.min_events), ">=",
+                  finite(n) and n >= thresholds.min_events))
+    if thresholds.auroc_min is not None:
+        add(Check("pooled auroc", auc, thresholds.auroc_min, ">=",
+                  finite(auc) and auc >= thresholds.auroc_min))
+    if thresholds.must_beat_baselines:
+        ws = float(pooled.get("pooled_warning_score_auroc", np.nan))
+        add(Check("beats pooled warning_score_auroc", auc, ws, "beats_higher",
+                  finite(auc, ws) and auc > ws))
+        own = float(metrics.get("auroc", np.nan))
+        own_ws = float(baselines.get("warning_score_auroc", np.nan))
+        if finite(own) or finite(own_ws):  # the athlete's test part holds an event
+            add(Check("beats own warning_score_auroc", own, own_ws, "beats_higher",
+                      finite(own, own_ws) and (own > own_ws or own == 1.0)))
     return verdict
 
 

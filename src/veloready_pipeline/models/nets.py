@@ -7,11 +7,12 @@ ML variants, shipping the smallest variant whose *quantized weights* still pass.
 
 Injury gate rationale: a personal test part (15 % of ~5 months) holds zero to two
 injury events, so a per-athlete AUROC is mostly undefined (no event) or a coin of one
-event. What a per-athlete verdict can honestly say is spelled out in `injury_verdict`:
+event. What a per-athlete verdict can honestly say:
 the athlete's own risk is better calibrated than their base rate, the family ranks real
 events well on the batch's pooled test parts (enough events, AUROC >= 0.75, better than
 the warning-sign score on the same rows), and where the athlete's own test part does
-hold an event, their own ranking is better than the warning-sign score's too.
+hold an event, their own ranking is better than the warning-sign score's too
+(`gates.injury_verdict`).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from veloready_pipeline.config import GateThresholds, Settings
+from veloready_pipeline.config import Settings
 from veloready_pipeline.gates import (
-    Check,
     GateVerdict,
+    injury_verdict,
     regression_metrics,
-    zone_gate,
+    zone_verdict,
 )
 from veloready_pipeline.results import ModelResult
 
@@ -70,67 +71,6 @@ def _to_result(fr: Any) -> ModelResult:
 
 ZONE_POOLED_KEYS = ("pooled_mae", "pooled_last_test_mae", "pooled_n_tests",
                     "ftp_test_noise_pct", "ftp_test_noise_triples")
-
-
-def zone_verdict(metrics: dict[str, float], baselines: dict[str, float],
-                 pooled: dict[str, float], thresholds: GateThresholds) -> GateVerdict:
-    """Zones: FTP error in watts, non-inferior to "FTP stays at the last test" within a
-    test's noise, and the batch's pooled MAE better than the last test's
-    (`gates.zone_gate`; ``pooled`` from `models.zones.pooled_zone_metrics`)."""
-    return zone_gate(metrics, baselines, pooled, thresholds)
-
-
-def injury_verdict(metrics: dict[str, float], baselines: dict[str, float],
-                   pooled: dict[str, float], thresholds: GateThresholds) -> GateVerdict:
-    """One athlete's injury model: every check below must pass (NaN never passes).
-
-    1. Calibration, own test rows (always defined): Brier score below the Brier of the
-       athlete's training-part base rate. A model that cannot beat "the usual risk,
-       every day" on its own rider is not shipped.
-    2. Ranking evidence (``min_events``): the batch's pooled test parts hold at least
-       that many distinct events; fewer and no AUROC is evidence, the check fails.
-    3. Ranking, pooled (``auroc_min``): the AUROC of the risk over all the batch's test
-       parts together. It is the only statistically meaningful ranking figure (the
-       app's fixed 50/70 thresholds also assume a risk means the same for every rider).
-    4. Ranking vs the rule (``must_beat_baselines``): the pooled AUROC beats the
-       warning-sign score's pooled AUROC on the same rows, and, when the athlete's own
-       test part holds an event (own AUROC defined), the athlete's own AUROC beats the
-       warning-sign score's own AUROC (or is a perfect 1.0, which nothing can beat).
-       An athlete with no test event has no own ranking check: an AUROC needs an
-       event; their verdict rests on checks 1-3 (calibration on their own days, the
-       family's ranking on the batch they belong to).
-
-    ``metrics``: own ``brier``, ``auroc``; ``baselines``: own ``base_rate_brier``,
-    ``warning_score_auroc``; ``pooled``: ``pooled_auroc``, ``pooled_warning_score_auroc``,
-    ``pooled_n_onsets`` (see `models.injury.pooled_injury_metrics`).
-    """
-    verdict = GateVerdict("injury")
-    add = verdict.checks.append
-
-    def finite(*xs: float) -> bool:
-        return all(x is not None and bool(np.isfinite(x)) for x in xs)
-
-    brier, base = metrics.get("brier", np.nan), baselines.get("base_rate_brier", np.nan)
-    add(Check("beats base_rate_brier", float(brier), float(base), "beats",
-              finite(brier, base) and brier < base))
-    auc = float(pooled.get("pooled_auroc", np.nan))
-    if thresholds.min_events is not None:
-        n = float(pooled.get("pooled_n_onsets", np.nan))
-        add(Check("pooled test events", n, float(thresholds.min_events), ">=",
-                  finite(n) and n >= thresholds.min_events))
-    if thresholds.auroc_min is not None:
-        add(Check("pooled auroc", auc, thresholds.auroc_min, ">=",
-                  finite(auc) and auc >= thresholds.auroc_min))
-    if thresholds.must_beat_baselines:
-        ws = float(pooled.get("pooled_warning_score_auroc", np.nan))
-        add(Check("beats pooled warning_score_auroc", auc, ws, "beats_higher",
-                  finite(auc, ws) and auc > ws))
-        own = float(metrics.get("auroc", np.nan))
-        own_ws = float(baselines.get("warning_score_auroc", np.nan))
-        if finite(own) or finite(own_ws):  # the athlete's test part holds an event
-            add(Check("beats own warning_score_auroc", own, own_ws, "beats_higher",
-                      finite(own, own_ws) and (own > own_ws or own == 1.0)))
-    return verdict
 
 
 def train_net_chunk(family: str, frame: pd.DataFrame, athlete_ids: list[str],

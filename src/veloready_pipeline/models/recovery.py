@@ -480,11 +480,6 @@ def _rounded(baseline: dict[str, dict[str, float]]) -> dict[str, dict[str, float
             for s, b in baseline.items()}
 
 
-def predict_recovery(booster: xgb.Booster, X: np.ndarray) -> np.ndarray:
-    """Predictions of a stored booster on a feature matrix in its feature order."""
-    return booster.inplace_predict(np.asarray(X, dtype=np.float32))
-
-
 def train_recovery_chunk(
     frame: pd.DataFrame,
     athlete_ids: Iterable[str],

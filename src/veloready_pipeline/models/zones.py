@@ -191,7 +191,7 @@ def evaluate_zone_model(ds: NetDataset, model: nn.Module) -> tuple[dict[str, flo
 
 def pooled_zone_metrics(results: Iterable[Any], datasets: Iterable[NetDataset],
                         noise_pct: float | None = None) -> dict[str, float]:
-    """The batch-level inputs of the zone gate (`gates.zone_gate`).
+    """The batch-level inputs of the zone gate (`gates.zone_verdict`).
 
     ``pooled_mae`` / ``pooled_last_test_mae``: FTP MAE (W) of the models and of "FTP
     stays at the last test" over every scored test of the batch's trained riders
