@@ -25,10 +25,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from prefect import flow, get_run_logger
-from prefect.utilities.annotations import quote
+from prefect.utilities.annotations import quote as _prefect_quote
 
 from tasks.briefs import (
     build_brief_inputs,
@@ -47,6 +47,16 @@ from veloready_pipeline.briefs.store import BriefRecord, BriefStore
 from veloready_pipeline.config import Settings, load_settings
 
 MAX_BACKFILL_DAYS = 366
+_T = TypeVar("_T")
+
+
+def quote(value: _T) -> _T:
+    """Prefect's `quote`, typed as what the task receives: the value itself.
+
+    Prefect unwraps the marker before calling the task (it only stops Prefect walking
+    the value for futures), so the task's parameter type is the value's type.
+    """
+    return cast(_T, _prefect_quote(value))
 
 
 @flow(name="daily-briefs")

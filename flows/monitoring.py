@@ -16,7 +16,7 @@ Stages of `daily_monitoring` (each a Prefect task over all athletes):
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -34,11 +34,16 @@ from veloready_pipeline import ingest
 from veloready_pipeline.config import Settings, load_settings
 from veloready_pipeline.monitoring import drift_markdown
 
+if TYPE_CHECKING:
+    from veloready_pipeline.validation import ValidationOutcome
+
 
 def _load_frame(settings: Settings, data: str | None, as_of: str | None,
                 athlete_ids: list[str] | None) -> Any:
     ingested = ingest_data(settings, data, None)
-    outcome = validate_data(ingested, settings, as_of)
+    # validate_data is typed `-> Any`, which Prefect's Task overloads read as a coroutine;
+    # called synchronously it returns the ValidationOutcome.
+    outcome = cast("ValidationOutcome", validate_data(ingested, settings, as_of))
     return ingest.select_athletes(ingest.cut_as_of(outcome.clean, as_of), athlete_ids)
 
 
@@ -100,10 +105,12 @@ def _retrain(settings: Settings, todo: list[Any], data: str | None,
     families = sorted({s.family for s in todo})
     dep = settings.monitoring.retrain_deployment
     if dep:
+        from prefect.client.schemas.objects import FlowRun
         from prefect.deployments import run_deployment
 
-        run = run_deployment(dep, parameters={"athlete_ids": ids, "families": families},
-                             timeout=0)
+        # Called from sync code, the sync_compatible run_deployment returns the FlowRun.
+        run = cast(FlowRun, run_deployment(
+            dep, parameters={"athlete_ids": ids, "families": families}, timeout=0))
         detail = f"retrain: deployment {dep} run {run.id} scheduled"
     else:
         from flows.weekly_training import weekly_training

@@ -9,7 +9,7 @@ passed as a parameter, so it never lands in the run's recorded parameters.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 from prefect import task
@@ -30,7 +30,9 @@ def read_api_key(settings: Settings) -> str | None:
         return key
     from prefect.blocks.system import Secret
 
-    value = Secret.load(settings.briefs.api_key_block).get()
+    # Called from sync code, Prefect's sync_compatible `load` returns the block itself.
+    secret = cast("Secret[Any]", Secret.load(settings.briefs.api_key_block))
+    value = secret.get()
     return str(value).strip() or None
 
 

@@ -136,7 +136,7 @@ class SearchSpace(_Section):
     params: dict[str, list[Any]] = Field(default_factory=dict)
 
 
-def _default_spaces() -> dict[str, SearchSpace]:
+def _default_spaces() -> dict[Family, SearchSpace]:
     return {
         "recovery": SearchSpace(
             params={
@@ -280,7 +280,7 @@ class GateThresholds(_Section):
     )
 
 
-def _default_gates() -> dict[str, GateThresholds]:
+def _default_gates() -> dict[Family, GateThresholds]:
     return {
         # 0-100 scores: the design card's defaults.
         "recovery": GateThresholds(rmse_max=8.0, mae_max=6.0, r2_min=0.7),
@@ -293,12 +293,16 @@ def _default_gates() -> dict[str, GateThresholds]:
     }
 
 
+def _default_quantizations() -> list[Literal["linear8", "palette4"]]:
+    return ["linear8", "palette4"]
+
+
 class ExportSettings(_Section):
     """Core ML / ONNX export and OTA publication."""
 
     minimum_ios: str = "17.0"
     quantizations: list[Literal["linear8", "palette4"]] = Field(
-        default_factory=lambda: ["linear8", "palette4"]
+        default_factory=_default_quantizations
     )
     max_size_ratio: float = Field(
         default=0.5, gt=0, le=1,

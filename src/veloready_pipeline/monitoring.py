@@ -88,16 +88,20 @@ class PredictionStore:
         if not rows:
             return 0
         dialect = self.engine.dialect.name
+        keys = ["athlete_id", "family", "model_version", "target_date"]
+        stmt: sa.Executable
         if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt = sqlite_insert(predictions_table).on_conflict_do_nothing(index_elements=keys)
         elif dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt = pg_insert(predictions_table).on_conflict_do_nothing(index_elements=keys)
         else:  # pragma: no cover - other back ends are not configured anywhere
             raise ValueError(f"prediction store: unsupported database {dialect!r}")
         stamp = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         payload = [r | {"created_at": stamp} for r in rows]
-        stmt = insert(predictions_table).on_conflict_do_nothing(
-            index_elements=["athlete_id", "family", "model_version", "target_date"])
         new = 0
         with self.engine.begin() as conn:
             for start in range(0, len(payload), 500):

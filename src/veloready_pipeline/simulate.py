@@ -1008,7 +1008,7 @@ def _injury_horizon_oracle(risk_ahead: np.ndarray, injury: np.ndarray, keep: np.
     ends = np.arange(13, T - horizon)
     ahead = np.lib.stride_tricks.sliding_window_view(injury[:, 1:].astype(bool), horizon,
                                                      axis=1)[:, ends]
-    label = ahead.any(axis=2)
+    label = np.asarray(ahead.any(axis=2))
     rows = keep[:, ends]
     return _auroc(risk_ahead[:, ends][rows], label[rows])
 

@@ -1087,15 +1087,16 @@ def _cut_after_gaps(final: pd.DataFrame, rows: _Rows, max_gap_days: int, notes: 
     before = (final["date"] < start).fillna(False).to_numpy(dtype=bool)
     n_before = final.loc[before, "athlete_id"].astype(str).value_counts()
     for aid, g in last.iterrows():
+        n_cut = int(n_before.get(aid, 0))
         info = {"gap": int(g["gap"]), "before": f"{g['prev']:%Y-%m-%d}", "limit": max_gap_days,
-                "after": f"{g['date']:%Y-%m-%d}", "n_cut": int(n_before.get(aid, 0)),
+                "after": f"{g['date']:%Y-%m-%d}", "n_cut": n_cut,
                 "examples": [rows.example(int(g["prev_pos"]), "last day before the gap"),
                              rows.example(int(g["_pos"]),
                                           f"first day after {int(g['gap'])} empty days")]}
         cuts[str(aid)] = info
         notes.add(str(aid), "gap", f"{info['n_cut']} row(s) up to {info['before']} not used: "
                   f"{info['gap']} days without data until {info['after']} (max_gap_days "
-                  f"exceeded; loads and baselines cannot bridge it)", count=info["n_cut"])
+                  f"exceeded; loads and baselines cannot bridge it)", count=n_cut)
     return final.loc[~before], cuts
 
 

@@ -189,7 +189,8 @@ class BriefStore:
 
     def count(self) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(briefs_table)).scalar())
+            return int(conn.execute(
+                sa.select(sa.func.count()).select_from(briefs_table)).scalar_one())
 
 
 def _jsonable(value: Any) -> Any:

@@ -200,12 +200,13 @@ def ensure_signing_key(path: Path) -> Ed25519PrivateKey:
         finally:
             os.unlink(tmp)
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"signing key {path}: not an unencrypted PEM private key ({exc})"
                          ) from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"signing key {path}: expected Ed25519, got {type(key).__name__}")
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise ValueError(f"signing key {path}: expected Ed25519, got {type(loaded).__name__}")
+    key = loaded
     pub_path = public_key_path(path)
     pub_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                             serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -590,8 +591,9 @@ def _publish_entries(out_dir: Path, folder: str, athlete_id: str,
         old = old_models.get(_entry_key(entry))
         if "created_at" not in entry:
             same = old is not None and old.get("sha256") == entry["sha256"]
-            entry["created_at"] = old["created_at"] if same and "created_at" in old \
-                else _iso(now)
+            entry["created_at"] = (old["created_at"]
+                                   if old is not None and same and "created_at" in old
+                                   else _iso(now))
         models.append(entry)
     return models
 
@@ -932,8 +934,8 @@ def verify_tree(path: Path, public_key: Ed25519PublicKey | None = None, *,
     for folder in folders:
         aid, manifest = folder.name, manifests[folder.name]
         if not manifest.is_file():
-            last = accepted.get(aid) or issued.get(aid)
-            had = f" (athlete {aid} had sequence {last['sequence']})" if last else ""
+            prior = accepted.get(aid) or issued.get(aid)
+            had = f" (athlete {aid} had sequence {prior['sequence']})" if prior else ""
             out.problems.append(f"{aid}/{MANIFEST_NAME}: missing{had}")
             out.problems += [f"{rel}: not listed in any manifest"
                              for rel in _unlisted(root, folder, set())]
