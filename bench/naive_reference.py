@@ -20,11 +20,10 @@ from typing import Any
 
 import numpy as np
 import optuna
-from torch import nn
 
 from veloready_pipeline.config import Settings
 from veloready_pipeline.models.net_fit import fit_single
-from veloready_pipeline.models.net_layers import clone_template
+from veloready_pipeline.models.net_layers import PlainNet, clone_template
 from veloready_pipeline.models.net_tuning import (
     NetFamily,
     TrainData,
@@ -62,7 +61,7 @@ def replay_naive(
     """
     attach_stats(family, athletes)
     looped = [athletes[i] for i in (range(len(athletes)) if only is None else only)]
-    populations: dict[Any, nn.Module] = {}
+    populations: dict[Any, PlainNet] = {}
     best: list[TunedAthlete | None] = [None] * len(looped)
     history: list[list[float]] = [[] for _ in looped]
     chosen_picks: list[list[TunedAthlete]] = [[] for _ in looped]

@@ -41,17 +41,17 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from veloready_pipeline.config import Settings
+from veloready_pipeline.config import Family, Settings
 from veloready_pipeline.features_nets import FEATURE_NAMES_INJURY, NetDataset
-from veloready_pipeline.models.net_layers import BatchedLSTM
+from veloready_pipeline.models.net_layers import BatchedLSTM, PlainLSTM
 from veloready_pipeline.models.net_tuning import FamilyResult, NetFamily, train_net_family
 
-FAMILY = "injury"
+FAMILY: Family = "injury"
 LOW_MAX = 50.0
 MEDIUM_MAX = 70.0
 
 
-class InjuryLSTM(nn.Module):
+class InjuryLSTM(PlainLSTM):
     """Raw ``[N, 14, n_features]`` sequences -> risk 0-100 ``[N]``.
 
     One LSTM layer and a linear head on the last hidden state, plus a linear term on
@@ -228,7 +228,9 @@ def train_injury_models(
             res.params["adaptation"] = adaptation
             res.extra["adaptation"] = adaptation
             res.extra["train_event_rate"] = float(ds.y[ds.train_idx].mean())
+            pred = res.test_pred
+            assert pred is not None  # train_net_family scores every trained model
             res.metrics["risk_category_share_high"] = float(
-                np.mean([risk_category(r) == "high" for r in res.test_pred])
+                np.mean([risk_category(r) == "high" for r in pred])
             )
     return results

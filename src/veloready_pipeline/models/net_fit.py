@@ -15,16 +15,15 @@ it), so they cost no more epochs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-from veloready_pipeline.models.net_layers import BatchedModule, Padded
+from veloready_pipeline.models.net_layers import BatchedModule, Padded, PlainNet
 
 LossKind = Literal["mse", "bce"]
 
@@ -71,19 +70,19 @@ class FitOutcome:
     pruned: bool
 
 
-def _adamw(params: Any, cfg: FitConfig) -> torch.optim.AdamW:
+def _adamw(params: Iterable[torch.Tensor], cfg: FitConfig) -> torch.optim.AdamW:
     # The fused CPU kernel: one pass over every parameter tensor instead of a chain of
     # element-wise ops per tensor (~4x cheaper a step for these small stacked weights).
     # Same update rule; the batched and the naive path both use it.
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
-def target_normalized(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+def target_normalized(model: PlainNet | BatchedModule, x: torch.Tensor, y: torch.Tensor,
                        kind: LossKind) -> torch.Tensor:
     return model.normalize_y(x, y) if kind == "mse" else y
 
 
-def _prior_penalty(params: dict[str, torch.Tensor], start: dict[str, torch.Tensor],
+def _prior_penalty(params: Mapping[str, torch.Tensor], start: Mapping[str, torch.Tensor],
                    strength: float) -> torch.Tensor | float:
     # Sum over athletes of each athlete's squared distance from its starting weights:
     # element-wise, so every athlete's gradient is still its own.
@@ -118,7 +117,7 @@ def fit_batched(
             (an Optuna pruning decision). The best snapshots so far are kept.
     """
     a = model.n_athletes
-    params = dict(model.named_parameters())
+    params: dict[str, torch.Tensor] = dict(model.named_parameters())
     start = {k: v.detach().clone() for k, v in params.items()}
     best_state = {k: v.clone() for k, v in start.items()}
     fit = _FitBatch.of(model, train, val, cfg, start)
@@ -190,7 +189,7 @@ class _FitBatch:
         else:
             tr = Padded(train.x[rows], train.y[rows], train.mask[rows])
             va = Padded(val.x[rows], val.y[rows], val.mask[rows])
-        params = dict(model.named_parameters())
+        params: dict[str, torch.Tensor] = dict(model.named_parameters())
         sub_start = start if len(rows) == len(next(iter(start.values()))) else {
             k: v[rows] for k, v in start.items()}
         return cls(
@@ -232,7 +231,7 @@ class _FitBatch:
 
 
 def fit_single(
-    module: nn.Module,
+    module: PlainNet,
     x_train: np.ndarray,
     y_train: np.ndarray,
     x_val: np.ndarray,
@@ -242,7 +241,7 @@ def fit_single(
     report: Callable[[int, float], bool] | None = None,
     batch_rows: int = 0,
     seed: int = 0,
-) -> tuple[nn.Module, float, int]:
+) -> tuple[PlainNet, float, int]:
     """The naive path: one athlete, one plain module, same optimiser and stopping rule.
 
     Returns the module restored to its best-validation weights, that loss and the
@@ -259,7 +258,7 @@ def fit_single(
                              cfg.loss)
     yva = target_normalized(module, x_va, torch.as_tensor(y_val, dtype=torch.float32),
                              cfg.loss)
-    params = dict(module.named_parameters())
+    params: dict[str, torch.Tensor] = dict(module.named_parameters())
     start = {k: v.detach().clone() for k, v in params.items()}
     opt = _adamw(params.values(), cfg)
 

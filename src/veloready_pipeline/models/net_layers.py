@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -97,6 +97,54 @@ def anchored_output(x: torch.Tensor, r: torch.Tensor, anchor: int | None,
     return anchor_value(x, anchor, load) * (shares + r)
 
 
+class PlainNet(nn.Module):
+    """Common surface of a family's plain one-athlete network (the exported module).
+
+    The trainers build, fine-tune and unstack these; a family's class (`ZoneMLP`,
+    `InjuryLSTM`) implements the methods. ``init_kwargs`` rebuilds an empty copy
+    (`clone_template`); ``x_mean`` / ``x_std`` are the input statistics buffers.
+    """
+
+    init_kwargs: dict[str, Any]
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def normalize_x(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def target(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def normalize_y(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward_normalized(self, xn: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class PlainMLP(PlainNet):
+    """A plain MLP `BatchedMLP` stacks: its layers in ``net``, inputs anchored (zones)."""
+
+    anchor_index: int | None
+    n_ratio: int
+    load_index: tuple[int, ...] | None
+    net: nn.Sequential
+
+
+class PlainLSTM(PlainNet):
+    """A plain LSTM `BatchedLSTM` stacks: ``lstm``, a linear ``head`` and ``skip`` (injury)."""
+
+    lstm: nn.LSTM
+    head: nn.Linear
+    skip: nn.Linear
+
+
+PlainT = TypeVar("PlainT", bound=PlainNet)
+
+
 class BatchedModule(nn.Module):
     """Common surface of the batched networks (athlete dimension first)."""
 
@@ -126,7 +174,7 @@ class BatchedModule(nn.Module):
     def normalize_y(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def unstack(self, i: int) -> nn.Module:  # pragma: no cover
+    def unstack(self, i: int) -> PlainNet:  # pragma: no cover
         raise NotImplementedError
 
     def select(self, idx: torch.Tensor) -> BatchedModule:
@@ -156,7 +204,7 @@ class BatchedMLP(BatchedModule):
     module (see `anchored_features` / `anchored_output`), and returns ``[A, N, out]``.
     """
 
-    def __init__(self, plain: Sequence[nn.Module]) -> None:
+    def __init__(self, plain: Sequence[PlainMLP]) -> None:
         super().__init__()
         self.n_athletes = len(plain)
         # Class and constructor arguments only: registering the module itself would
@@ -164,7 +212,7 @@ class BatchedMLP(BatchedModule):
         self.template_spec = (type(plain[0]), dict(plain[0].init_kwargs))
         self.anchor = plain[0].anchor_index
         self.n_ratio = plain[0].n_ratio
-        self.load_index = getattr(plain[0], "load_index", None)
+        self.load_index = plain[0].load_index
         linears = [[m for m in p.net if isinstance(m, nn.Linear)] for p in plain]
         n_layers = len(linears[0])
         self.weights = nn.ParameterList(
@@ -184,7 +232,7 @@ class BatchedMLP(BatchedModule):
     def _load(self, like: torch.Tensor) -> LoadAnchor:
         if self.load_index is None:
             return None
-        return (*self.load_index, self._stat("gain", like))
+        return (self.load_index[0], self.load_index[1], self._stat("gain", like))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return anchored_features(x, self.anchor, self.n_ratio)
@@ -207,7 +255,7 @@ class BatchedMLP(BatchedModule):
         r = out * self._stat("y_std", out) + self._stat("y_mean", out)
         return anchored_output(x, r, self.anchor, self._stat("shares", r), self._load(r))
 
-    def unstack(self, i: int) -> nn.Module:
+    def unstack(self, i: int) -> PlainNet:
         """Athlete ``i`` as a plain module of the template's class (eval mode)."""
         plain = clone_template(self.template_spec)
         linears = [m for m in plain.net if isinstance(m, nn.Linear)]
@@ -229,17 +277,23 @@ class BatchedLSTM(BatchedModule):
     the logits.
     """
 
-    def __init__(self, plain: Sequence[nn.Module]) -> None:
+    def __init__(self, plain: Sequence[PlainLSTM]) -> None:
         super().__init__()
         self.n_athletes = len(plain)
         self.template_spec = (type(plain[0]), dict(plain[0].init_kwargs))
         self.hidden = plain[0].lstm.hidden_size
-        self.w_ih = nn.Parameter(torch.stack([p.lstm.weight_ih_l0.detach() for p in plain]))
-        self.w_hh = nn.Parameter(torch.stack([p.lstm.weight_hh_l0.detach() for p in plain]))
+        # `nn.LSTM` registers its per-layer weights by name at run time (no typed
+        # attributes): `get_parameter` returns the same tensors, typed.
+        self.w_ih = nn.Parameter(torch.stack(
+            [p.lstm.get_parameter("weight_ih_l0").detach() for p in plain]))
+        self.w_hh = nn.Parameter(torch.stack(
+            [p.lstm.get_parameter("weight_hh_l0").detach() for p in plain]))
         # Both PyTorch biases are kept (summed in the kernel): as two parameters each gets
         # its own Adam step, exactly as in `nn.LSTM`, so batched and naive fits agree.
-        self.b_ih = nn.Parameter(torch.stack([p.lstm.bias_ih_l0.detach()[:, None] for p in plain]))
-        self.b_hh = nn.Parameter(torch.stack([p.lstm.bias_hh_l0.detach()[:, None] for p in plain]))
+        self.b_ih = nn.Parameter(torch.stack(
+            [p.lstm.get_parameter("bias_ih_l0").detach()[:, None] for p in plain]))
+        self.b_hh = nn.Parameter(torch.stack(
+            [p.lstm.get_parameter("bias_hh_l0").detach()[:, None] for p in plain]))
         self.w_head = nn.Parameter(torch.stack([p.head.weight.detach() for p in plain]))
         self.b_head = nn.Parameter(torch.stack([p.head.bias.detach()[:, None] for p in plain]))
         # Injury: a linear term on the last day's inputs beside the LSTM (`InjuryLSTM`).
@@ -264,14 +318,14 @@ class BatchedLSTM(BatchedModule):
         """Risk 0-100 per sequence, ``[A, N]`` (same scale as the plain module)."""
         return torch.sigmoid(self.forward_normalized(self.normalize_x(x))) * 100.0
 
-    def unstack(self, i: int) -> nn.Module:
+    def unstack(self, i: int) -> PlainNet:
         """Athlete ``i`` as a plain module with an `nn.LSTM` (eval mode)."""
         plain = clone_template(self.template_spec)
         with torch.no_grad():
-            plain.lstm.weight_ih_l0.copy_(self.w_ih[i])
-            plain.lstm.weight_hh_l0.copy_(self.w_hh[i])
-            plain.lstm.bias_ih_l0.copy_(self.b_ih[i, :, 0])
-            plain.lstm.bias_hh_l0.copy_(self.b_hh[i, :, 0])
+            plain.lstm.get_parameter("weight_ih_l0").copy_(self.w_ih[i])
+            plain.lstm.get_parameter("weight_hh_l0").copy_(self.w_hh[i])
+            plain.lstm.get_parameter("bias_ih_l0").copy_(self.b_ih[i, :, 0])
+            plain.lstm.get_parameter("bias_hh_l0").copy_(self.b_hh[i, :, 0])
             plain.head.weight.copy_(self.w_head[i])
             plain.head.bias.copy_(self.b_head[i, :, 0])
             plain.skip.weight.copy_(self.w_skip[i])
@@ -425,7 +479,7 @@ class LSTMSequence(torch.autograd.Function):
         return None, dw_ih, dw_hh, db, None
 
 
-def clone_template(spec: tuple[type[nn.Module], dict[str, Any]]) -> nn.Module:
+def clone_template(spec: tuple[type[PlainT], dict[str, Any]]) -> PlainT:
     """A fresh plain module from a (class, constructor arguments) template spec."""
     cls, kwargs = spec
     return cls(**kwargs)

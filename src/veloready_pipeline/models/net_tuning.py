@@ -35,7 +35,7 @@ import optuna
 import torch
 from torch import nn
 
-from veloready_pipeline.config import Settings
+from veloready_pipeline.config import Family, Settings
 from veloready_pipeline.features_nets import NetDataset
 from veloready_pipeline.models.net_fit import (
     FitConfig,
@@ -45,7 +45,12 @@ from veloready_pipeline.models.net_fit import (
     per_athlete_loss,
     target_normalized,
 )
-from veloready_pipeline.models.net_layers import BatchedModule, normalisation_stats, pad_stack
+from veloready_pipeline.models.net_layers import (
+    BatchedModule,
+    PlainNet,
+    normalisation_stats,
+    pad_stack,
+)
 from veloready_pipeline.tuning import derive_seed, n_trials_for, new_study, suggest
 
 # --------------------------------------------------------------------------- results
@@ -89,8 +94,8 @@ class FamilyResult:
 class NetFamily:
     """How a family builds its plain network and which loss it trains with."""
 
-    name: str
-    make_plain: Callable[[dict[str, Any], int, int], nn.Module]  # (params, n_in, n_out)
+    name: Family
+    make_plain: Callable[[dict[str, Any], int, int], PlainNet]  # (params, n_in, n_out)
     batched_cls: type[BatchedModule]
     loss: LossKind
     n_out: int
@@ -122,7 +127,7 @@ class TunedAthlete:
     """The per-athlete pick over every trial of a batched study."""
 
     athlete_id: str
-    model: nn.Module
+    model: PlainNet
     params: dict[str, Any]
     val_loss: float
     trial: int
@@ -164,7 +169,7 @@ def fit_config(settings: Settings, family: str, params: dict[str, Any],
 
 
 def init_plain(family: NetFamily, params: dict[str, Any], n_in: int, seed: int,
-               athlete_id: str, trial: int) -> nn.Module:
+               athlete_id: str, trial: int) -> PlainNet:
     """A freshly initialised plain network, seeded per (run seed, id, family, trial)."""
     torch.manual_seed(derive_seed(seed, athlete_id, family.name, str(trial)))
     return family.make_plain(params, n_in, family.n_out)
@@ -233,7 +238,7 @@ def _mean_buffers(athletes: Sequence[TrainData]) -> dict[str, np.ndarray]:
 
 
 def fit_population(family: NetFamily, athletes: Sequence[TrainData], params: dict[str, Any],
-                   settings: Settings) -> tuple[nn.Module, float]:
+                   settings: Settings) -> tuple[PlainNet, float]:
     """One network on every athlete's training rows together (the personal prior).
 
     Early-stopped on all validation rows together. Needs pooled statistics (the
@@ -337,7 +342,7 @@ def tune_batched(
     val_by_trial: list[np.ndarray] = []
     epochs_by_trial: list[np.ndarray] = []
     kept: dict[int, tuple[BatchedModule, dict[str, Any]]] = {}
-    populations: dict[Any, tuple[nn.Module, float]] = {}
+    populations: dict[Any, tuple[PlainNet, float]] = {}
     records: list[TrialRecord] = []
     batch_best: tuple[tuple[bool, float], int] | None = None
     started = time.perf_counter()
@@ -441,7 +446,7 @@ def tune_batched(
     return picks, summary
 
 
-def _val_loss(module: nn.Module, data: TrainData, kind: LossKind) -> float:
+def _val_loss(module: PlainNet, data: TrainData, kind: LossKind) -> float:
     """One plain module's mean validation loss on its athlete's validation rows."""
     with torch.no_grad():
         x = torch.as_tensor(data.x_val, dtype=torch.float32)[None]

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from veloready_pipeline.config import Settings
+from veloready_pipeline.config import Family, Settings
 from veloready_pipeline.features_nets import (
     FEATURE_NAMES_ZONES,
     LABEL_NAMES_ZONES,
@@ -52,6 +52,7 @@ from veloready_pipeline.gates import regression_metrics
 from veloready_pipeline.models.net_layers import (
     BatchedMLP,
     LoadAnchor,
+    PlainMLP,
     anchored_features,
     anchored_output,
     anchored_target,
@@ -63,11 +64,11 @@ from veloready_pipeline.models.net_tuning import (
     train_net_family,
 )
 
-FAMILY = "zones"
+FAMILY: Family = "zones"
 N_HIDDEN_LAYERS = 3
 
 
-class ZoneMLP(nn.Module):
+class ZoneMLP(PlainMLP):
     """Raw features -> [FTP, Z2 ceiling, Z4 floor, VO2max] in watts.
 
     Three ReLU hidden layers of ``hidden`` units. The network works *relative to the
@@ -78,6 +79,11 @@ class ZoneMLP(nn.Module):
     ``forward_normalized`` is the bare network (training); ``forward`` wraps it with
     the stored transform and statistics and is what gets exported.
     """
+
+    gain: torch.Tensor
+    shares: torch.Tensor
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
 
     def __init__(self, n_in: int = len(FEATURE_NAMES_ZONES), hidden: int = 32,
                  n_out: int = len(LABEL_NAMES_ZONES),
@@ -334,7 +340,7 @@ def train_zone_models(
     results = train_net_family(ZONE_FAMILY, datasets, settings, warm_starts,
                                evaluate_zone_model, prepare=measured_train_data)
     for r in results.values():
-        if r.model is not None:
+        if isinstance(r.model, ZoneMLP):  # every trained zone model is one
             r.params["load_gain"] = float(r.model.gain.item())
             r.extra["model_kind"] = r.params["source"]  # the summary's population | personal
     return results
