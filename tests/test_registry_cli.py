@@ -139,8 +139,8 @@ def store(tmp_path_factory) -> dict[str, Any]:
     from helpers_data import toy_athlete
     from veloready_pipeline.config import load_settings
     from veloready_pipeline.models.recovery import train_recovery_model
-    from veloready_pipeline.pipeline import score_model
     from veloready_pipeline.registry import register_results
+    from veloready_pipeline.training import score_model
 
     root = tmp_path_factory.mktemp("registry-cli")
     values = {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
