@@ -39,6 +39,7 @@ from veloready_pipeline.config import Family, Settings
 from veloready_pipeline.features_nets import NetDataset
 from veloready_pipeline.models.net_fit import (
     FitConfig,
+    FitOutcome,
     LossKind,
     fit_batched,
     fit_single,
@@ -335,16 +336,8 @@ def tune_batched(
     attach_stats(family, athletes)
     train = pad_stack([a.x_train for a in athletes], [a.y_train for a in athletes])
     val = pad_stack([a.x_val for a in athletes], [a.y_val for a in athletes])
-    a_count = len(athletes)
-    best_val = np.full(a_count, math.inf)
-    best_trial = np.full(a_count, -1)
-    best_epoch = np.zeros(a_count, dtype=int)
-    val_by_trial: list[np.ndarray] = []
-    epochs_by_trial: list[np.ndarray] = []
-    kept: dict[int, tuple[BatchedModule, dict[str, Any]]] = {}
+    trials = _Trials.start(len(athletes), settings.tuning.net_pick)
     populations: dict[Any, tuple[PlainNet, float]] = {}
-    records: list[TrialRecord] = []
-    batch_best: tuple[tuple[bool, float], int] | None = None
     started = time.perf_counter()
     pop_seconds = 0.0
     for number in range(n_trials):
@@ -355,62 +348,125 @@ def tune_batched(
             t0 = time.perf_counter()
             populations[arch] = fit_population(family, athletes, params, settings)
             pop_seconds += time.perf_counter() - t0
-        model = family.batched_cls([populations[arch][0]] * a_count)
+        model = family.batched_cls([populations[arch][0]] * len(athletes))
         _set_batched_buffers(model, athletes)
         cfg = fit_config(settings, family.name, params, family.loss)
-
-        def report(step: int, value: float, trial: optuna.Trial = trial) -> bool:
-            if not math.isfinite(value):
-                return False
-            trial.report(value, step)
-            return trial.should_prune()
-
-        outcome = fit_batched(model, train, val, cfg, report)
+        outcome = fit_batched(model, train, val, cfg, _pruning_report(trial))
         with torch.no_grad():
             for k, p in model.named_parameters():
                 p.copy_(outcome.best_state[k])
-        val_by_trial.append(outcome.best_val)
-        epochs_by_trial.append(outcome.best_epoch)
-        better = outcome.best_val < best_val
-        best_val = np.where(better, outcome.best_val, best_val)
-        best_trial = np.where(better, number, best_trial)
-        best_epoch = np.where(better, outcome.best_epoch, best_epoch)
-        kept[number] = (model, params)
-        if settings.tuning.net_pick == "athlete":
-            kept = {t: kept[t] for t in set(best_trial.tolist()) | {number} if t >= 0}
-        else:  # keep only the best trial so far by the batch objective
-            finite_now = outcome.best_val[np.isfinite(outcome.best_val)]
-            score = (outcome.pruned, float(finite_now.mean()) if len(finite_now) else math.inf)
-            if batch_best is None or score < batch_best[0]:
-                if batch_best is not None:
-                    kept.pop(batch_best[1], None)
-                batch_best = (score, number)
-            else:
-                kept.pop(number, None)
-        finite = outcome.best_val[np.isfinite(outcome.best_val)]
-        objective = float(finite.mean()) if len(finite) else math.inf
-        records.append(TrialRecord(number, dict(params), outcome.epochs_run, outcome.pruned,
-                                   objective))
+        objective = trials.add(number, outcome, model, params)
         if outcome.pruned:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(trial, objective)
     if settings.tuning.net_pick == "batch":
-        # One setting for the whole batch: the trial with the best mean validation loss
-        # (complete trials first). A rider's 10-20 validation rows are too few to pick
-        # among trials reliably; the mean over the batch is not.
-        order = sorted(records, key=lambda r: (r.pruned, r.objective))
+        trials.pick_batch()
+    picks = _picks(family, athletes, trials, populations)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    summary = {
+        "n_trials": n_trials,
+        "n_pruned": sum(r.pruned for r in trials.records),
+        "sampler": settings.tuning.sampler,
+        "seconds": time.perf_counter() - started,
+        "population_seconds": pop_seconds,
+        "population_fits": len(populations),
+        "population_val_loss": {str(k): v[1] for k, v in populations.items()},
+        "batch_best_params": dict(study.best_params) if complete else {},
+        "n_athletes": len(athletes),
+        "share_kept_population": float(np.mean(trials.best_epoch == 0)),
+        "trials": trials.records,
+    }
+    return picks, summary
+
+
+def _pruning_report(trial: optuna.Trial) -> Callable[[int, float], bool]:
+    """`fit_batched`'s report callback: the chunk's mean best loss to Optuna's pruner."""
+
+    def report(step: int, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        trial.report(value, step)
+        return trial.should_prune()
+
+    return report
+
+
+def _mean_finite(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else math.inf
+
+
+@dataclass
+class _Trials:
+    """Per-athlete bookkeeping over the trials of one batched study (`tune_batched`)."""
+
+    net_pick: str
+    best_val: np.ndarray
+    best_trial: np.ndarray
+    best_epoch: np.ndarray
+    val_by_trial: list[np.ndarray] = field(default_factory=list)
+    epochs_by_trial: list[np.ndarray] = field(default_factory=list)
+    # The fitted batched modules still needed for a pick, by trial number.
+    kept: dict[int, tuple[BatchedModule, dict[str, Any]]] = field(default_factory=dict)
+    records: list[TrialRecord] = field(default_factory=list)
+    batch_best: tuple[tuple[bool, float], int] | None = None
+
+    @classmethod
+    def start(cls, n_athletes: int, net_pick: str) -> _Trials:
+        return cls(net_pick, np.full(n_athletes, math.inf), np.full(n_athletes, -1),
+                   np.zeros(n_athletes, dtype=int))
+
+    def add(self, number: int, outcome: FitOutcome, model: BatchedModule,
+            params: dict[str, Any]) -> float:
+        """Record one finished (or pruned) trial; returns its objective."""
+        self.val_by_trial.append(outcome.best_val)
+        self.epochs_by_trial.append(outcome.best_epoch)
+        better = outcome.best_val < self.best_val
+        self.best_val = np.where(better, outcome.best_val, self.best_val)
+        self.best_trial = np.where(better, number, self.best_trial)
+        self.best_epoch = np.where(better, outcome.best_epoch, self.best_epoch)
+        self.kept[number] = (model, params)
+        if self.net_pick == "athlete":
+            self.kept = {t: self.kept[t] for t in set(self.best_trial.tolist()) | {number}
+                         if t >= 0}
+        else:  # keep only the best trial so far by the batch objective
+            score = (outcome.pruned, _mean_finite(outcome.best_val))
+            if self.batch_best is None or score < self.batch_best[0]:
+                if self.batch_best is not None:
+                    self.kept.pop(self.batch_best[1], None)
+                self.batch_best = (score, number)
+            else:
+                self.kept.pop(number, None)
+        objective = _mean_finite(outcome.best_val)
+        self.records.append(TrialRecord(number, dict(params), outcome.epochs_run,
+                                        outcome.pruned, objective))
+        return objective
+
+    def pick_batch(self) -> None:
+        """One setting for the whole batch: the trial with the best mean validation loss.
+
+        Complete trials first. A rider's 10-20 validation rows are too few to pick among
+        trials reliably; the mean over the batch is not.
+        """
+        order = sorted(self.records, key=lambda r: (r.pruned, r.objective))
         chosen = order[0].number
-        best_trial[:] = chosen
-        best_val = val_by_trial[chosen].copy()
-        best_epoch = epochs_by_trial[chosen].copy()
+        self.best_trial[:] = chosen
+        self.best_val = self.val_by_trial[chosen].copy()
+        self.best_epoch = self.epochs_by_trial[chosen].copy()
+
+
+def _picks(family: NetFamily, athletes: Sequence[TrainData], trials: _Trials,
+           populations: Mapping[Any, tuple[PlainNet, float]]) -> list[TunedAthlete]:
+    """Each athlete's unstacked module of its chosen trial."""
     picks = []
     for i, data in enumerate(athletes):
-        t = int(best_trial[i])
+        t = int(trials.best_trial[i])
         if t < 0:  # every trial diverged for this athlete: keep the last trial
-            t = max(kept)
-        model, params = kept[t]
-        plain, val_i, epoch_i = model.unstack(i), float(best_val[i]), int(best_epoch[i])
+            t = max(trials.kept)
+        model, params = trials.kept[t]
+        plain = model.unstack(i)
+        val_i, epoch_i = float(trials.best_val[i]), int(trials.best_epoch[i])
         if not data.personal:
             # Too little validation evidence to choose a fine-tune over the population
             # network: the athlete gets the population network (with its own buffers).
@@ -426,24 +482,10 @@ def tune_batched(
                 val_loss=val_i,
                 trial=t,
                 best_epoch=epoch_i,
-                val_by_trial=[float(v[i]) for v in val_by_trial],
+                val_by_trial=[float(v[i]) for v in trials.val_by_trial],
             )
         )
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    summary = {
-        "n_trials": n_trials,
-        "n_pruned": sum(r.pruned for r in records),
-        "sampler": settings.tuning.sampler,
-        "seconds": time.perf_counter() - started,
-        "population_seconds": pop_seconds,
-        "population_fits": len(populations),
-        "population_val_loss": {str(k): v[1] for k, v in populations.items()},
-        "batch_best_params": dict(study.best_params) if complete else {},
-        "n_athletes": a_count,
-        "share_kept_population": float(np.mean(best_epoch == 0)),
-        "trials": records,
-    }
-    return picks, summary
+    return picks
 
 
 def _val_loss(module: PlainNet, data: TrainData, kind: LossKind) -> float:
