@@ -123,30 +123,21 @@ def rest_threshold(load: pd.Series, column: str) -> pd.Series:
     return low + REST_LOAD_SHARE * (high - low)
 
 
-def build_recovery_features(
-    athlete_rows: pd.DataFrame, target: str = "recovery_score"
-) -> AthleteFeatures:
-    """Features and next-day label for one athlete.
-
-    Args:
-        athlete_rows: canonical rows of a single athlete (any order, gaps allowed).
-        target: the canonical column to predict for tomorrow.
-
-    Raises:
-        ValueError: if the rows mix athletes or the target column is absent.
-    """
+def _one_athlete_id(athlete_rows: pd.DataFrame, target: str) -> str:
+    """The single athlete id of ``athlete_rows``; raises if they mix athletes or lack
+    the target column."""
     ids = athlete_rows["athlete_id"].unique()
     if len(ids) != 1:
         raise ValueError(f"build_recovery_features expects one athlete, got {list(ids)[:5]}")
     athlete_id = str(ids[0])
     if target not in athlete_rows:
         raise ValueError(f"athlete {athlete_id}: target column {target!r} is absent")
-    cal = to_calendar(athlete_rows)
-    out = pd.DataFrame(index=cal.index)
-    rec = _col(cal, target)
-    out["recovery_today"] = rec
-    out["sleep_score"] = _col(cal, "sleep_score")
-    out["sleep_hours"] = _col(cal, "sleep_hours")
+    return athlete_id
+
+
+def _add_heart_features(out: pd.DataFrame, cal: pd.DataFrame) -> pd.Series:
+    """HRV and resting-HR features (raw, against a 28-day baseline, against a fast
+    personal baseline) into ``out``; returns the HRV series (for the next-HRV label)."""
     hrv = _col(cal, "hrv_ms")
     hrv_base = hrv.shift(1).rolling(BASELINE_DAYS, min_periods=5).mean()
     out["hrv_ms"] = hrv
@@ -168,6 +159,28 @@ def build_recovery_features(
     rhr_ewma = rhr.shift(1).ewm(alpha=1.0 / FAST_BASELINE_DAYS, ignore_na=True,
                                 min_periods=5).mean()
     out["rhr_gap_week"] = rhr.rolling(7, min_periods=3).mean() - rhr_ewma
+    return hrv
+
+
+def _days_since_rest(load: pd.Series, column: str) -> np.ndarray:
+    """Per day, the days since the last rest day (0 on a rest day; a missing load
+    counts as 0, a rest day); NaN while `rest_threshold` has no rule yet."""
+    threshold = rest_threshold(load, column).to_numpy()
+    filled = load.fillna(0.0).to_numpy()
+    since = np.zeros(len(filled))
+    count = 0.0
+    for i, (x, limit) in enumerate(zip(filled, threshold, strict=True)):
+        if np.isnan(limit):  # no rest rule yet (too few earlier days of a non-TSS load)
+            since[i] = np.nan
+            continue
+        count = 0.0 if x < limit else count + 1.0
+        since[i] = count
+    return since
+
+
+def _add_load_features(out: pd.DataFrame, cal: pd.DataFrame) -> str:
+    """Training-load features (tss, planned_tss, ctl/atl/tsb/acwr), sleep debt and days
+    since rest into ``out``; returns the load's column (``tss`` or ``load_au``)."""
     tss, load_column = daily_load(cal)  # tss, or a non-TSS load_au when there is no tss
     out["tss"] = tss
     out["planned_tss"] = _col(cal, "planned_tss")
@@ -178,17 +191,45 @@ def build_recovery_features(
         out[key] = values if has_load else np.nan
     deficit = (SLEEP_NEED_H - out["sleep_hours"]).clip(lower=0)
     out["sleep_debt_h"] = deficit.rolling(7, min_periods=3).sum()
-    threshold = rest_threshold(tss, load_column).to_numpy()
-    filled = tss.fillna(0.0).to_numpy()
-    since = np.zeros(len(filled))
-    count = 0.0
-    for i, (x, limit) in enumerate(zip(filled, threshold, strict=True)):
-        if np.isnan(limit):  # no rest rule yet (too few earlier days of a non-TSS load)
-            since[i] = np.nan
-            continue
-        count = 0.0 if x < limit else count + 1.0
-        since[i] = count
+    since = _days_since_rest(tss, load_column)
     out["days_since_rest"] = since if has_load else np.nan
+    return load_column
+
+
+def _kept_features(out: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
+    """The recovery features with data on a labelled row, and the dropped ones."""
+    labelled = out[out["label"].notna() & out["recovery_today"].notna()]
+    dropped: dict[str, str] = {}
+    names: list[str] = []
+    for name in RECOVERY_FEATURES:
+        if labelled[name].notna().sum() == 0:
+            dropped[name] = "no data for this athlete"
+        else:
+            names.append(name)
+    return names, dropped
+
+
+def build_recovery_features(
+    athlete_rows: pd.DataFrame, target: str = "recovery_score"
+) -> AthleteFeatures:
+    """Features and next-day label for one athlete.
+
+    Args:
+        athlete_rows: canonical rows of a single athlete (any order, gaps allowed).
+        target: the canonical column to predict for tomorrow.
+
+    Raises:
+        ValueError: if the rows mix athletes or the target column is absent.
+    """
+    athlete_id = _one_athlete_id(athlete_rows, target)
+    cal = to_calendar(athlete_rows)
+    out = pd.DataFrame(index=cal.index)
+    rec = _col(cal, target)
+    out["recovery_today"] = rec
+    out["sleep_score"] = _col(cal, "sleep_score")
+    out["sleep_hours"] = _col(cal, "sleep_hours")
+    hrv = _add_heart_features(out, cal)
+    load_column = _add_load_features(out, cal)
     out["illness_confidence"] = _col(cal, "illness_confidence")
     out["day_of_week"] = cal.index.dayofweek.astype(float)
     out["recovery_trend_3d"] = rec - rec.shift(1).rolling(3, min_periods=2).mean()
@@ -200,15 +241,7 @@ def build_recovery_features(
     out["label_next_hrv"] = hrv.shift(-1)
     out["label_next_sleep_score"] = out["sleep_score"].shift(-1)
     out.index.name = "date"
-
-    labelled = out[out["label"].notna() & out["recovery_today"].notna()]
-    dropped: dict[str, str] = {}
-    names: list[str] = []
-    for name in RECOVERY_FEATURES:
-        if labelled[name].notna().sum() == 0:
-            dropped[name] = "no data for this athlete"
-        else:
-            names.append(name)
+    names, dropped = _kept_features(out)
     return AthleteFeatures(athlete_id, out, names, dropped, load_column)
 
 
