@@ -117,6 +117,8 @@ TIERS: dict[str, str] = {
     "test_sources_pmdata.py": UNIT,
     "test_sources_postgres.py": INTEGRATION,
     "test_split.py": UNIT,
+    "test_tiers.py": UNIT,
+    "test_tiers.py::test_guard_refuses_prefect_core_ml_and_postgres": INTEGRATION,
     "test_training_load.py": UNIT,
     "test_tuning.py": UNIT,
     "test_ui_logs.py": FLOW,

@@ -49,6 +49,14 @@ def home(tmp_path_factory):
     return tmp_path_factory.mktemp("home")
 
 
+@pytest.fixture(scope="module")
+def first_run(prefect_api, corrupted_data, home) -> dict:
+    """The first `veloready train` into the module's home; the tests below build on it
+    (each can run alone or in any order: none relies on another having run first)."""
+    data, _ = corrupted_data
+    return _train(home, data, home / "s1.json")
+
+
 def _train(home: Path, data: Path, summary: Path) -> dict:
     runner = CliRunner()
     env = {"VELOREADY_HOME": str(home), "VELOREADY_TUNING__N_TRIALS": "3"}
@@ -59,10 +67,10 @@ def _train(home: Path, data: Path, summary: Path) -> dict:
     return json.loads(summary.read_text())
 
 
-def test_corrupted_athletes_quarantined_others_trained_and_shipped(prefect_api, corrupted_data,
+def test_corrupted_athletes_quarantined_others_trained_and_shipped(first_run, corrupted_data,
                                                                     home, monkeypatch):
     data, _ = corrupted_data
-    summary = _train(home, data, home / "s1.json")
+    summary = first_run
     status = {r["athlete_id"]: r for r in summary["rows"]}
     assert {a for a, r in status.items() if r["status"] == "quarantined"} == {"sim-0002"}
     assert "hrv_ms" in status["sim-0002"]["reason"]
@@ -96,23 +104,26 @@ def test_corrupted_athletes_quarantined_others_trained_and_shipped(prefect_api, 
     assert ok.exit_code == 0, ok.output
     assert "trusted key" in ok.output
 
-    # Flip one byte of a shipped model file: verification must fail loudly.
+    # Flip one byte of a shipped model file: verification must fail loudly. The file is
+    # restored whatever happens (the home is shared with the re-run test).
     shipped = json.loads(manifest.read_text())["models"][0]["file"]
     model_file = manifest.parent.parent / shipped
-    blob = bytearray(model_file.read_bytes())
+    original = model_file.read_bytes()
+    blob = bytearray(original)
     blob[len(blob) // 2] ^= 0x01
     model_file.write_bytes(bytes(blob))
-    bad = CliRunner().invoke(app, ["ota", "verify", str(manifest)])
+    try:
+        bad = CliRunner().invoke(app, ["ota", "verify", str(manifest)])
+    finally:
+        model_file.write_bytes(original)
     assert bad.exit_code == 1
     assert "FAILED" in bad.output and Path(shipped).name in bad.output
-    blob[len(blob) // 2] ^= 0x01
-    model_file.write_bytes(bytes(blob))
 
 
-def test_rerun_registers_no_duplicate_champion(prefect_api, corrupted_data, home):
+def test_rerun_registers_no_duplicate_champion(first_run, corrupted_data, home):
     data, _ = corrupted_data
     settings = load_settings()
-    first = json.loads((home / "s1.json").read_text())
+    first = first_run
     # Without its record of the trained batch the flow trains again (a re-run that finds
     # its record skips training, tests/test_rerun_skip.py): the registry's own
     # fingerprints must then find the same work instead of registering it twice.
