@@ -108,14 +108,11 @@ def _tasks() -> dict[str, Any]:
 
     @task(name="naive-gate")
     def gate(result: Any, settings: Any) -> Any:
-        from veloready_pipeline.gates import evaluate_gate
-        from veloready_pipeline.models.nets import _verdict_for
+        from veloready_pipeline.families import FAMILIES
 
-        if result.family == "recovery":
-            result.verdict = evaluate_gate("recovery", result.metrics, result.baselines,
-                                           settings.gates["recovery"])
-        else:  # the export stage's rule (reads the pooled keys `_net` sets)
-            result.verdict = _verdict_for(result, result.metrics, settings)
+        # The family's verdict (the nets': the export stage's rule, which reads the
+        # pooled keys `_net` sets).
+        result.verdict = FAMILIES.get(result.family).verdict(result, result.metrics, settings)
         result.reason = result.verdict.reason()
         return result
 

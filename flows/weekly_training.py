@@ -46,6 +46,7 @@ from tasks.training import (
 )
 from veloready_pipeline import fsio, ingest, rerun
 from veloready_pipeline.config import Family, Settings, load_settings
+from veloready_pipeline.families import FAMILIES
 from veloready_pipeline.results import ModelResult
 from veloready_pipeline.sources.common import NoDataError
 from veloready_pipeline.summary import closing_text, counts_text, run_rows, status_counts
@@ -79,11 +80,11 @@ def train_chunks(frame: Any, families: list[str], settings: Settings,
         frame = frame.frame
     ids = sorted(frame["athlete_id"].astype(str).unique())
     chunks = ingest.chunk_ids(ids, settings.execution.chunk_size)
-    # Recovery's population model needs every athlete: one task fits it first (on the
-    # runner, like a chunk) and each recovery chunk gets it. Its chunks go last, so the
-    # other families' chunks train while the population is fitted.
+    # A population model (recovery's) needs every athlete: one task fits it first (on
+    # the runner, like a chunk) and each of the family's chunks gets it. Those chunks go
+    # last, so the other families' chunks train while the population is fitted.
     populations = {f: fit_population.submit(f, frame, ids, settings)
-                   for f in families if f == "recovery"}
+                   for f in families if FAMILIES.get(f).fits_population}
     order = [f for f in families if f not in populations] + list(populations)
     jobs = iter([(family, no, chunk) for family in order
                  for no, chunk in enumerate(chunks)])

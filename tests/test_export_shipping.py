@@ -1,10 +1,10 @@
-"""Which Core ML variant of a network ships (`models.nets.choose_shipped_variant`)."""
+"""Which Core ML variant of a network ships (`families.nets_common.choose_shipped_variant`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from veloready_pipeline.models.nets import choose_shipped_variant
+from veloready_pipeline.families.nets_common import choose_shipped_variant
 
 
 def variant(passed: bool, size: int, float_size: int = 30_000) -> dict:

@@ -401,12 +401,13 @@ def test_pooled_zone_metrics_pool_scored_tests_and_honour_the_setting(zone_datas
 
 
 def test_net_chunk_gates_zones_with_the_batch_pooled_checks() -> None:
-    from veloready_pipeline.models.nets import _verdict_for, train_net_chunk
+    from veloready_pipeline.families import FAMILIES
 
+    zones = FAMILIES.get("zones")
     sim = simulate_athletes(8, 200, seed=3)
     ids = sorted(sim.frame["athlete_id"].unique())
     settings = _settings(n_trials=1)
-    results = train_net_chunk("zones", sim.frame, ids, settings)
+    results = zones.train_chunk(sim.frame, ids, settings)
     trained = [r for r in results if r.status == "trained"]
     assert trained
     maes = [r.metrics["pooled_mae"] for r in trained]
@@ -417,7 +418,7 @@ def test_net_chunk_gates_zones_with_the_batch_pooled_checks() -> None:
         assert any("non-inferiority" in n for n in names)
         assert r.metrics["ftp_test_noise_pct"] > 0
         # The export path re-judges with the stored pooled figures: same verdict.
-        assert _verdict_for(r, r.metrics, settings).reason() == r.verdict.reason()
+        assert zones.verdict(r, r.metrics, settings).reason() == r.verdict.reason()
 
 
 # ------------------------------------------- measured rows and the training-load anchor

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from veloready_pipeline.families import FAMILIES
 from veloready_pipeline.ids import athlete_key
 from veloready_pipeline.results import ModelResult
 
@@ -43,7 +44,6 @@ def plot_residuals(result: ModelResult, out_dir: Path) -> Path:
 
 # ------------------------------------------------------------------ SVG (every model run)
 
-_UNITS = {"recovery": "recovery score (0-100)", "zones": "FTP (W)", "injury": "risk (%)"}
 _W, _H = 340.0, 250.0  # one panel
 _L, _R, _T, _B = 52.0, 14.0, 46.0, 42.0  # margins: left axis labels, title, bottom axis
 
@@ -139,7 +139,9 @@ def model_svg(result: ModelResult, out_dir: Path) -> Path:
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"residuals-{result.family}-{athlete_key(result.athlete_id)}.svg"
-    fam, unit = result.family, _UNITS.get(result.family, "value")
+    fam = result.family
+    family = FAMILIES.get(fam)
+    unit, tests = family.plot_unit, family.plot_style == "tests"
     y = np.asarray(result.test_y if result.test_y is not None else [], dtype=float)
     p = np.asarray(result.test_pred if result.test_pred is not None else [], dtype=float)
     if y.ndim > 1:  # multi-output (zones): the first output (FTP)
@@ -158,7 +160,7 @@ def model_svg(result: ModelResult, out_dir: Path) -> Path:
         path.write_text("\n".join(parts), encoding="utf-8")
         return path
     who = f"{fam} {result.athlete_id}"
-    if fam == "injury":
+    if family.plot_style == "risk":
         left = _Panel(0, (0, max(len(y) - 1, 1)), (0, 100))
         parts += left.axes(f"{who}: risk on {len(y)} test days", "test day (MM-DD)",
                            unit, _date_ticks(dates))
@@ -173,14 +175,14 @@ def model_svg(result: ModelResult, out_dir: Path) -> Path:
                      f'({int((y > 0.5).sum())})</text>')
         right = _Panel(_W, (0, 100), (0, 1))
         order = np.argsort(p)
-        parts += right.axes("label by predicted risk", unit, "label (1 = onset within 7 d)")
+        parts += right.axes(family.plot_series_title, unit, "label (1 = onset within 7 d)")
         parts += [f'<circle cx="{right.sx(float(p[i])):.1f}" cy="{right.sy(float(y[i])):.1f}" '
                   'r="2.5" fill="steelblue" fill-opacity="0.5"/>' for i in order]
     else:
         yy, pp = y[ok], p[ok]
         lo, hi = float(min(yy.min(), pp.min())), float(max(yy.max(), pp.max()))
         left = _Panel(0, (lo, hi), (lo, hi))
-        what = (f"{len(yy)} measured test{'s' if len(yy) > 1 else ''}" if fam == "zones"
+        what = (f"{len(yy)} measured test{'s' if len(yy) > 1 else ''}" if tests
                 else f"{len(yy)} test days")
         parts += left.axes(f"{who}: predicted vs measured ({what})",
                            f"measured {unit}", f"predicted {unit}")
@@ -191,11 +193,10 @@ def model_svg(result: ModelResult, out_dir: Path) -> Path:
                   'fill="steelblue"/>' for a, b in zip(yy, pp, strict=True)]
         series = [y, p] + ([base] if base is not None else [])
         vals = np.concatenate([s[np.isfinite(s)] for s in series])
-        sparse = fam == "zones" or len(y) < 5
+        sparse = tests or len(y) < 5
         xlim = (-0.5, len(y) - 0.5) if sparse else (0, max(len(y) - 1, 1))
         right = _Panel(_W, xlim, (float(vals.min()), float(vals.max())))
-        title = ("FTP at each measured test" if fam == "zones"
-                 else "actual and predicted by day")
+        title = family.plot_series_title
         ticks = ([(float(i), d[5:10]) for i, d in enumerate(dates)] if sparse
                  else _date_ticks(dates))
         parts += right.axes(title, "test date (MM-DD)", unit, ticks)
@@ -217,7 +218,7 @@ def model_svg(result: ModelResult, out_dir: Path) -> Path:
                              'fill="#333"/>')
                 parts.append(f'<circle cx="{x:.1f}" cy="{right.sy(p[i]):.1f}" r="4" '
                              'fill="steelblue"/>')
-        legend = [("#333", "measured" if fam == "zones" else "actual"),
+        legend = [("#333", "measured" if tests else "actual"),
                   ("steelblue", "model")] + (
             [("#999", "last test (baseline)")] if sparse and base is not None else [])
         for k, (colour, label) in enumerate(legend):

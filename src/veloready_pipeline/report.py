@@ -16,31 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from veloready_pipeline.families import FAMILIES
 from veloready_pipeline.fsio import atomic_write_text
 from veloready_pipeline.tables import cell, counts_markdown, md_text
-
-
-def auroc(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve (Mann–Whitney), NaN when only one class is present."""
-    y = np.asarray(y, dtype=float)
-    s = np.asarray(score, dtype=float)
-    pos, neg = s[y > 0.5], s[y <= 0.5]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    allv = np.concatenate([pos, neg])[order]
-    # average ranks for ties
-    i = 0
-    while i < len(allv):
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1
-        i = j + 1
-    r_pos = ranks[: len(pos)].sum()
-    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
 
 # Statuses of a model that was trained and gated (every one but gate_failed passed).
 TRAINED_STATUSES = ("registered", "not_promoted", "unshipped", "gate_failed")
@@ -82,23 +60,7 @@ def pooled_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
                 # Athletes for whom the test part shows the model helps (CI above 0).
                 fam_out["share_mae_gain_ci_above_0"] = float(np.mean(np.array(lows) > 0))
         tests = [r["test"] for r in rs if r.get("test")]
-        if fam == "injury" and tests:
-            y = np.concatenate([t["y_true"] for t in tests])
-            p = np.concatenate([t["y_pred"] for t in tests])
-            fam_out["pooled_auroc"] = auroc(y, p)
-            prob = p / 100.0 if np.nanmax(p) > 1.0 else p
-            fam_out["pooled_brier"] = float(np.mean((prob - y) ** 2))
-            fam_out["pooled_base_rate_brier"] = float(np.mean((y.mean() - y) ** 2))
-            # An event is an onset (what the gate's min_events counts); the label days
-            # behind them are reported under their own name.
-            from veloready_pipeline.models.injury import count_onsets
-
-            fam_out["pooled_onsets"] = float(sum(count_onsets(np.asarray(t["y_true"], float))
-                                                 for t in tests))
-            fam_out["pooled_positive_label_days"] = float(y.sum())
-            ws = [t.get("baseline_score") for t in tests]
-            if all(w is not None for w in ws):
-                fam_out["pooled_warning_score_auroc"] = auroc(y, np.concatenate(ws))
+        fam_out |= FAMILIES.get(fam).pooled_figures(tests)
         out[fam] = fam_out
     return out
 

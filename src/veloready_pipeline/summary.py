@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from veloready_pipeline.families import FAMILIES
 from veloready_pipeline.logs import get_logger
 from veloready_pipeline.results import ModelResult
 
@@ -122,7 +123,7 @@ def summary_rows(
                                                   "mae_gain_ci_high")
                    if k in r.metrics}
         base = {k: v for k, v in r.baselines.items()}
-        if r.family in ("recovery", "zones") and base:
+        if FAMILIES.get(r.family).reports_baseline_rmse and base:
             metrics["baseline_rmse"] = min(v for k, v in base.items() if k.endswith("_rmse"))
         record = exports.get(key, {})
         artifacts = {k: v["path"] for k, v in record.get("artifacts", {}).items()}

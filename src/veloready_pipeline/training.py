@@ -1,5 +1,6 @@
 """Training dispatch: a family's population model and its chunk trainer, the verdict
-log lines, and the loss used to compare a new model with the champion.
+log lines, and the loss used to compare a new model with the champion (each looked up
+in `families.FAMILIES`; an unknown family fails naming the known ones).
 """
 
 from __future__ import annotations
@@ -7,11 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from veloready_pipeline.config import Settings
-from veloready_pipeline.gates import regression_metrics
+from veloready_pipeline.families import FAMILIES
 from veloready_pipeline.logs import get_logger
 from veloready_pipeline.results import ModelResult
 
@@ -21,15 +21,14 @@ log = get_logger(__name__)
 def fit_population(family: str, frame: pd.DataFrame, athlete_ids: list[str],
                    settings: Settings) -> Any:
     """A family's population model over every athlete of the run, fitted once before
-    the chunks (recovery; None for families that fit theirs inside each chunk)."""
+    the chunks (None for families that fit theirs inside each chunk, or none at all)."""
     from veloready_pipeline.timing import time_stage
 
-    if family != "recovery":
+    fam = FAMILIES.get(family)
+    if not fam.fits_population:
         return None
-    from veloready_pipeline.models.recovery import fit_recovery_population
-
     with time_stage("train", family=family, athletes=len(athlete_ids), part="population"):
-        return fit_recovery_population(frame, athlete_ids, settings)
+        return fam.fit_population(frame, athlete_ids, settings)
 
 
 def train_family(family: str, frame: pd.DataFrame, athlete_ids: list[str],
@@ -38,21 +37,14 @@ def train_family(family: str, frame: pd.DataFrame, athlete_ids: list[str],
                  population: Any = None) -> list[ModelResult]:
     """Train one family for a chunk of athletes (timed as stage ``train``, see `timing`).
 
-    ``population``: the family's model from `fit_population` (recovery), shared by
-    every chunk; without it a recovery chunk fits one on its own athletes.
+    ``population``: the family's model from `fit_population`, shared by every chunk;
+    without it a family that fits one (recovery) fits it on the chunk's athletes.
     """
     from veloready_pipeline.timing import time_stage
 
+    fam = FAMILIES.get(family)
     with time_stage("train", family=family, athletes=len(athlete_ids)):
-        if family == "recovery":
-            from veloready_pipeline.models.recovery import train_recovery_chunk
-
-            results = train_recovery_chunk(frame, athlete_ids, settings, warm_starts,
-                                           population)
-        else:
-            from veloready_pipeline.models.nets import train_net_chunk
-
-            results = train_net_chunk(family, frame, athlete_ids, settings)
+        results = fam.train_chunk(frame, athlete_ids, settings, warm_starts, population)
     log_verdicts(family, results)
     return results
 
@@ -81,15 +73,4 @@ def score_model(result: ModelResult, model: Any) -> float:
     """
     if result.test_X is None or result.test_y is None:
         return float("inf")
-    if result.model_kind == "xgboost":
-        import xgboost as xgb
-
-        booster = model.get_booster() if hasattr(model, "get_booster") else model
-        if list(booster.feature_names or []) != result.feature_names:
-            raise ValueError("champion uses a different feature set")
-        pred = booster.inplace_predict(np.asarray(result.test_X, dtype=np.float32))
-        del xgb
-        return regression_metrics(result.test_y, pred)["rmse"]
-    from veloready_pipeline.models.nets import score_net
-
-    return score_net(result, model)
+    return FAMILIES.get(result.family).score(result, model)

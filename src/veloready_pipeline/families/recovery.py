@@ -1,0 +1,72 @@
+"""The recovery family: tomorrow's recovery score from XGBoost (`models.recovery`).
+
+A population model over every athlete of the run is fitted once, before the chunks;
+each chunk then fits personal models on top of it. Gated by `gates.evaluate_gate`
+(RMSE/MAE/R² limits and the persistence and mean baselines); the champion loss is the
+RMSE on the test days.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from veloready_pipeline.config import Settings
+from veloready_pipeline.families.base import ModelFamily
+from veloready_pipeline.gates import GateVerdict, evaluate_gate, regression_metrics
+from veloready_pipeline.results import ModelResult
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+class RecoveryFamily(ModelFamily):
+    name = "recovery"
+    model_kind = "xgboost"
+    fits_population = True
+    plot_unit = "recovery score (0-100)"
+    plot_style = "days"
+    reports_baseline_rmse = True
+
+    def dataset(self, athlete_rows: pd.DataFrame, settings: Settings) -> Any:
+        from veloready_pipeline.models.recovery import prepare_athlete
+
+        return prepare_athlete(athlete_rows, settings)
+
+    def fit_population(self, frame: pd.DataFrame, athlete_ids: list[str],
+                       settings: Settings) -> Any:
+        from veloready_pipeline.models.recovery import fit_recovery_population
+
+        return fit_recovery_population(frame, athlete_ids, settings)
+
+    def train_chunk(self, frame: pd.DataFrame, athlete_ids: list[str], settings: Settings,
+                    warm_starts: dict[str, dict[str, Any]] | None = None,
+                    population: Any = None) -> list[ModelResult]:
+        """Personal models on the population's; without ``population`` the chunk fits
+        one on its own athletes."""
+        from veloready_pipeline.models.recovery import train_recovery_chunk
+
+        return train_recovery_chunk(frame, athlete_ids, settings, warm_starts, population)
+
+    def verdict(self, result: ModelResult, metrics: dict[str, float],
+                settings: Settings) -> GateVerdict:
+        return evaluate_gate(self.name, metrics, result.baselines, self.thresholds(settings))
+
+    def score(self, result: ModelResult, model: Any) -> float:
+        """RMSE of a booster (or an sklearn wrapper of one) with the same feature set."""
+        booster = model.get_booster() if hasattr(model, "get_booster") else model
+        if list(booster.feature_names or []) != result.feature_names:
+            raise ValueError("champion uses a different feature set")
+        pred = booster.inplace_predict(np.asarray(result.test_X, dtype=np.float32))
+        return regression_metrics(result.test_y, pred)["rmse"]
+
+    def export(self, result: ModelResult, folder: Path, name: str,
+               settings: Settings) -> dict[str, Any]:
+        from veloready_pipeline.publish import export_recovery
+
+        return export_recovery(result, folder, name)
+
+
+RECOVERY = RecoveryFamily()
