@@ -43,7 +43,9 @@ UNIT, INTEGRATION, FLOW = "unit", "integration", "flow"
 #: it) moves one test of a file whose tests are of several kinds.
 #:   unit:        no MLflow store, no Core ML conversion, no Prefect, no PostgreSQL
 #:   integration: MLflow stores, Core ML/ONNX export, PostgreSQL, real HTTP servers,
-#:                `veloready` in a subprocess that stops before any flow
+#:                `veloready` in a subprocess that stops before any flow, and the few
+#:                end-to-end trainings and volume runs of the model and validation files
+#:                (several seconds each: they keep `pytest -m unit` under a minute)
 #:   flow:        Prefect flows and servers, end-to-end `veloready` runs
 TIERS: dict[str, str] = {
     "test_artifacts.py": UNIT,
@@ -86,7 +88,10 @@ TIERS: dict[str, str] = {
     "test_lifecycle_repair.py": INTEGRATION,
     "test_manual_review_flow.py": FLOW,
     "test_models_injury.py": UNIT,
+    "test_models_injury.py::test_train_injury_models_end_to_end": INTEGRATION,
     "test_models_recovery.py": UNIT,
+    "test_models_recovery.py::test_population_fitted_once_and_shared_by_chunks": INTEGRATION,
+    "test_models_recovery.py::test_population_rider_ships_the_population_model": INTEGRATION,
     "test_models_zones.py": UNIT,
     "test_models_zones.py::test_quantized_zone_packages_are_at_most_half_the_float_one":
         INTEGRATION,
@@ -123,6 +128,7 @@ TIERS: dict[str, str] = {
     "test_tuning.py": UNIT,
     "test_ui_logs.py": FLOW,
     "test_validation.py": UNIT,
+    "test_validation.py::test_a_full_week_validates_in_seconds": INTEGRATION,
     "test_zones_calc.py": UNIT,
 }
 TIER_NAMES = (UNIT, INTEGRATION, FLOW)
