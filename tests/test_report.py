@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from veloready_pipeline.families.injury import rank_auroc as auroc
 from veloready_pipeline.report import (
     _markdown_to_html,
-    auroc,
     build_report,
     pooled_metrics,
     prefect_report_markdown,
