@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def synthetic_frame(n: int, seed: int) -> tuple[Any, dt.date]:
     return frame, frame["date"].max().date()
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--athletes", type=int, default=1000)
     parser.add_argument("--latency", type=float, default=0.3)
@@ -82,9 +83,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="briefs-bench-"))
+
+def bench_environment(work: Path) -> None:
+    """Point Prefect and the pipeline at ``work``, quietly, and put the checkout on the path."""
     os.environ.setdefault("PREFECT_HOME", str(work / "prefect"))
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -92,13 +95,109 @@ def main() -> int:
     os.environ["VELOREADY_HOME"] = str(work)
     sys.path.insert(0, str(ROOT))
 
+
+def fresh_day(run: Callable[[Any], dict[str, Any]], s1: Any, base_url: str,
+              args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, bool], dict[str, Any]]:
+    """1. A fresh day: wall time, requests and request rates; (figures, checks, summary)."""
+    from veloready_pipeline.briefs.llm import shared_limiter
+
+    stub_call(base_url, "POST", "/_stub/reset")
+    started = time.perf_counter()
+    summary = run(s1)
+    wall = time.perf_counter() - started
+    stats = stub_call(base_url, "GET", "/_stub/stats")
+    sends = shared_limiter(s1.briefs).recent_sends()  # client-side send times
+    figures = {
+        "wall_s": round(wall, 2),
+        "briefs": summary["counts"]["briefs"],
+        "inactive": summary["counts"]["inactive"],
+        "by_source": summary["by_source"],
+        "requests_client": summary["requests"],
+        "requests_server": stats["chat_requests"],
+        "max_requests_in_any_60s": stats["max_per_60s"],
+        "max_requests_in_any_10s": stats["max_per_10s"],
+        "max_requests_in_any_1s": stats["max_per_1s"],
+        "max_rpm_observed_10s_x6": stats["max_per_10s"] * 6,
+        "client_sends_logged": len(sends),
+        "client_max_sends_in_any_1s": max_in_window(sends, 1.0),
+        "max_in_flight": stats["max_in_flight"],
+        "tokens": summary["tokens"],
+        "cost_usd": summary["cost_usd"],
+        "cost_per_brief_usd": round(summary["cost_usd"] / max(1, summary["requests"]), 6),
+    }
+    checks = {
+        "wall_under_60s": wall < 60,
+        "all_briefed_by_llm": summary["counts"]["llm"] == summary["counts"]["briefs"],
+        "rpm_respected_60s": stats["max_per_60s"] <= args.rpm,
+        # The client's send log is the guarantee; the server's arrival times add its own
+        # scheduling jitter on a busy machine, so they are checked over 10 s windows.
+        "rpm_respected_1s_client": max_in_window(sends, 1.0) <= math.ceil(args.rpm / 60),
+        "rpm_respected_10s_server": stats["max_per_10s"] <= math.ceil(args.rpm / 6) + 2,
+        "concurrency_respected": stats["max_in_flight"] <= args.concurrency,
+    }
+    return figures, checks, summary
+
+
+def same_day_again(run: Callable[[Any], dict[str, Any]], s1: Any,
+                   base_url: str) -> tuple[dict[str, Any], dict[str, bool]]:
+    """2. The same day again: zero requests; (figures, checks)."""
+    stub_call(base_url, "POST", "/_stub/reset")
+    started = time.perf_counter()
+    again = run(s1)
+    stats = stub_call(base_url, "GET", "/_stub/stats")
+    figures = {
+        "wall_s": round(time.perf_counter() - started, 2),
+        "requests_server": stats["chat_requests"],
+        "cached": again["counts"]["cached"],
+    }
+    return figures, {"rerun_zero_requests": stats["chat_requests"] == 0}
+
+
+def with_faults(run: Callable[[Any], dict[str, Any]], s3: Any, base_url: str,
+                args: argparse.Namespace, day: dt.date,
+                n_briefs: int) -> tuple[dict[str, Any], dict[str, bool]]:
+    """3. Faults (20 % 429/500, 10 % rule-breaking): every athlete still has a valid
+    brief; (figures, checks)."""
+    from veloready_pipeline.briefs.guardrails import check_brief
+    from veloready_pipeline.briefs.rules import Decision
+    from veloready_pipeline.briefs.store import BriefStore
+
+    stub_call(base_url, "POST", "/_stub/reset")
+    stub_call(base_url, "POST", "/_stub/config",
+              json={"fail_rate": 0.2, "bad_rate": 0.1, "seed": args.seed})
+    started = time.perf_counter()
+    faults = run(s3)
+    stats = stub_call(base_url, "GET", "/_stub/stats")
+    records = BriefStore(s3.brief_store()).for_date(day)
+    invalid = [r.athlete_id for r in records
+               if not check_brief(r.text, Decision(**r.decision)).ok]
+    figures = {
+        "wall_s": round(time.perf_counter() - started, 2),
+        "briefs": len(records),
+        "by_source": dict(Counter(r.source for r in records)),
+        "fallback_reasons": faults["fallback_reasons"],
+        "server_answers": stats["answers"],
+        "requests_server": stats["chat_requests"],
+        "invalid_briefs": len(invalid),
+    }
+    checks = {
+        "faults_every_athlete_briefed": len(records) == n_briefs,
+        "faults_all_valid": not invalid,
+        "faults_fallbacks_recorded": all(
+            (r.source == "llm") == (r.fallback_reason is None) for r in records
+        ),
+    }
+    return figures, checks
+
+
+def main() -> int:
+    args = parse_args()
+    work = Path(tempfile.mkdtemp(prefix="briefs-bench-"))
+    bench_environment(work)
+
     from prefect import flow
 
     from flows.daily_briefs import daily_briefs
-    from veloready_pipeline.briefs.guardrails import check_brief
-    from veloready_pipeline.briefs.llm import shared_limiter
-    from veloready_pipeline.briefs.rules import Decision
-    from veloready_pipeline.briefs.store import BriefStore
     from veloready_pipeline.config import Settings
 
     proc, base_url = start_stub(args.latency)
@@ -124,78 +223,17 @@ def main() -> int:
                 paths={"brief_store_url": f"sqlite:///{work / store}"},
             )
 
-        # 1. fresh day
+        def run(s: Settings) -> dict[str, Any]:
+            return daily_briefs(date=day.isoformat(), data=str(data), settings=s)
+
         s1 = settings("briefs.db")
-        stub_call(base_url, "POST", "/_stub/reset")
-        started = time.perf_counter()
-        summary = daily_briefs(date=day.isoformat(), data=str(data), settings=s1)
-        wall = time.perf_counter() - started
-        stats = stub_call(base_url, "GET", "/_stub/stats")
-        sends = shared_limiter(s1.briefs).recent_sends()  # client-side send times
-        figures["run1"] = {
-            "wall_s": round(wall, 2),
-            "briefs": summary["counts"]["briefs"],
-            "inactive": summary["counts"]["inactive"],
-            "by_source": summary["by_source"],
-            "requests_client": summary["requests"],
-            "requests_server": stats["chat_requests"],
-            "max_requests_in_any_60s": stats["max_per_60s"],
-            "max_requests_in_any_10s": stats["max_per_10s"],
-            "max_requests_in_any_1s": stats["max_per_1s"],
-            "max_rpm_observed_10s_x6": stats["max_per_10s"] * 6,
-            "client_sends_logged": len(sends),
-            "client_max_sends_in_any_1s": max_in_window(sends, 1.0),
-            "max_in_flight": stats["max_in_flight"],
-            "tokens": summary["tokens"],
-            "cost_usd": summary["cost_usd"],
-            "cost_per_brief_usd": round(summary["cost_usd"] / max(1, summary["requests"]), 6),
-        }
-        checks["wall_under_60s"] = wall < 60
-        checks["all_briefed_by_llm"] = summary["counts"]["llm"] == summary["counts"]["briefs"]
-        checks["rpm_respected_60s"] = stats["max_per_60s"] <= args.rpm
-        # The client's send log is the guarantee; the server's arrival times add its own
-        # scheduling jitter on a busy machine, so they are checked over 10 s windows.
-        checks["rpm_respected_1s_client"] = max_in_window(sends, 1.0) <= math.ceil(args.rpm / 60)
-        checks["rpm_respected_10s_server"] = stats["max_per_10s"] <= math.ceil(args.rpm / 6) + 2
-        checks["concurrency_respected"] = stats["max_in_flight"] <= args.concurrency
-
-        # 2. same day again
-        stub_call(base_url, "POST", "/_stub/reset")
-        started = time.perf_counter()
-        again = daily_briefs(date=day.isoformat(), data=str(data), settings=s1)
-        stats = stub_call(base_url, "GET", "/_stub/stats")
-        figures["run2_same_day"] = {
-            "wall_s": round(time.perf_counter() - started, 2),
-            "requests_server": stats["chat_requests"],
-            "cached": again["counts"]["cached"],
-        }
-        checks["rerun_zero_requests"] = stats["chat_requests"] == 0
-
-        # 3. faults: 20 % 429/500, 10 % rule-breaking
-        stub_call(base_url, "POST", "/_stub/reset")
-        stub_call(base_url, "POST", "/_stub/config",
-                  json={"fail_rate": 0.2, "bad_rate": 0.1, "seed": args.seed})
-        s3 = settings("faults.db")
-        started = time.perf_counter()
-        faults = daily_briefs(date=day.isoformat(), data=str(data), settings=s3)
-        stats = stub_call(base_url, "GET", "/_stub/stats")
-        records = BriefStore(s3.brief_store()).for_date(day)
-        invalid = [r.athlete_id for r in records
-                   if not check_brief(r.text, Decision(**r.decision)).ok]
-        figures["run3_faults"] = {
-            "wall_s": round(time.perf_counter() - started, 2),
-            "briefs": len(records),
-            "by_source": dict(Counter(r.source for r in records)),
-            "fallback_reasons": faults["fallback_reasons"],
-            "server_answers": stats["answers"],
-            "requests_server": stats["chat_requests"],
-            "invalid_briefs": len(invalid),
-        }
-        checks["faults_every_athlete_briefed"] = len(records) == summary["counts"]["briefs"]
-        checks["faults_all_valid"] = not invalid
-        checks["faults_fallbacks_recorded"] = all(
-            (r.source == "llm") == (r.fallback_reason is None) for r in records
-        )
+        figures["run1"], run1_checks, summary = fresh_day(run, s1, base_url, args)
+        checks.update(run1_checks)
+        figures["run2_same_day"], run2_checks = same_day_again(run, s1, base_url)
+        checks.update(run2_checks)
+        figures["run3_faults"], run3_checks = with_faults(
+            run, settings("faults.db"), base_url, args, day, summary["counts"]["briefs"])
+        checks.update(run3_checks)
     finally:
         proc.terminate()
         proc.wait(timeout=10)

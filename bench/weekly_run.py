@@ -431,10 +431,8 @@ def warm_up_prefect() -> float:
     return time.perf_counter() - t
 
 
-def run_one(args: argparse.Namespace, n_athletes: int) -> dict[str, Any]:
-    """Simulate, run the flow, run the naive loop; returns every figure."""
-    home = Path(tempfile.mkdtemp(prefix=f"veloready-bench-{n_athletes}-"))
-    timing_path = home / "timing.jsonl"
+def bench_environment(home: Path, timing_path: Path) -> None:
+    """Point the run at its own temporary home, timing file and quiet, offline tools."""
     os.environ["VELOREADY_HOME"] = str(home)
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
     os.environ["VELOREADY_TIMING_FILE"] = str(timing_path)
@@ -444,10 +442,10 @@ def run_one(args: argparse.Namespace, n_athletes: int) -> dict[str, Any]:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline machine
-    from veloready_pipeline.config import load_settings
-    from veloready_pipeline.simulate import simulate_athletes, write_simulation
 
-    families = [f.strip() for f in args.families.split(",") if f.strip()]
+
+def settings_overrides(args: argparse.Namespace, families: list[str]) -> dict[str, Any]:
+    """The settings the command line sets (seed, families, trials, execution)."""
     overrides: dict[str, Any] = {
         "seed": args.seed,
         "families": families,
@@ -456,8 +454,19 @@ def run_one(args: argparse.Namespace, n_athletes: int) -> dict[str, Any]:
     }
     if args.dask_address:
         overrides["execution"]["dask_address"] = args.dask_address
-    settings = load_settings(args.config, **overrides)
-    load_before = tuple(round(x, 2) for x in os.getloadavg())
+    return overrides
+
+
+def run_flow(args: argparse.Namespace, n_athletes: int, home: Path, families: list[str],
+             settings: Any) -> tuple[Any, dict[str, Any]]:
+    """Simulate, start Prefect, run the real weekly flow under the memory sampler.
+
+    Returns the simulated frame and the measurements: ``simulate_s``, ``prefect_s``,
+    ``flow_wall``, ``cpu_flow``, ``t0``/``t1`` (the flow's epoch start/end), the flow's
+    ``summary`` and the sampler ``mem``.
+    """
+    from veloready_pipeline.simulate import simulate_athletes, write_simulation
+
     with MemorySampler() as mem:
         t = time.perf_counter()
         sim = simulate_athletes(n_athletes=n_athletes, days=args.days, seed=args.seed,
@@ -478,6 +487,45 @@ def run_one(args: argparse.Namespace, n_athletes: int) -> dict[str, Any]:
         flow_wall = time.perf_counter() - t
         t1 = time.time()
         cpu_flow = mem.tree_cpu() - cpu0
+    return frame, {"simulate_s": simulate_s, "prefect_s": prefect_s, "flow_wall": flow_wall,
+                   "cpu_flow": cpu_flow, "t0": t0, "t1": t1, "summary": summary, "mem": mem}
+
+
+def run_naive_references(args: argparse.Namespace, result: dict[str, Any], frame: Any,
+                         families: list[str], naive_settings: Any, home: Path) -> None:
+    """Run the ``--naive`` references on the sampled athletes; figures into ``result``."""
+    picked = naive_sample(frame, args.naive_sample, args.seed)
+    if args.naive in ("both", "optimised"):
+        result["naive"] = run_naive(frame, families, naive_settings, picked)
+        result["load_after_naive"] = tuple(round(x, 2) for x in os.getloadavg())
+        print_naive(result)
+    if args.naive in ("both", "textbook"):
+        from bench.naive_textbook import run_textbook
+
+        with MemorySampler() as tb_mem:
+            cpu0 = tb_mem.tree_cpu()
+            t = time.perf_counter()
+            result["textbook"] = run_textbook(frame, picked, families, naive_settings,
+                                              home)
+            result["textbook"]["run_wall_s"] = time.perf_counter() - t
+            result["textbook"]["tree_cpu_s"] = tb_mem.tree_cpu() - cpu0
+        result["load_after_textbook"] = tuple(round(x, 2) for x in os.getloadavg())
+        print_textbook(result)
+
+
+def run_one(args: argparse.Namespace, n_athletes: int) -> dict[str, Any]:
+    """Simulate, run the flow, run the naive loop; returns every figure."""
+    home = Path(tempfile.mkdtemp(prefix=f"veloready-bench-{n_athletes}-"))
+    timing_path = home / "timing.jsonl"
+    bench_environment(home, timing_path)
+    from veloready_pipeline.config import load_settings
+
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    overrides = settings_overrides(args, families)
+    settings = load_settings(args.config, **overrides)
+    load_before = tuple(round(x, 2) for x in os.getloadavg())
+    frame, run = run_flow(args, n_athletes, home, families, settings)
+    mem = run["mem"]
     load_after = tuple(round(x, 2) for x in os.getloadavg())
     records = __import__("veloready_pipeline.timing", fromlist=["x"]).read_records(
         str(timing_path))
@@ -485,14 +533,14 @@ def run_one(args: argparse.Namespace, n_athletes: int) -> dict[str, Any]:
         "n_athletes": n_athletes, "days": args.days, "profile": args.profile,
         "families": families, "trials": args.trials, "workers": args.workers,
         "chunk_size": args.chunk_size, "seed": args.seed,
-        "simulate_s": simulate_s, "prefect_startup_s": prefect_s,
-        "flow_wall_s": flow_wall, "cpu_per_athlete_s": cpu_flow / n_athletes,
+        "simulate_s": run["simulate_s"], "prefect_startup_s": run["prefect_s"],
+        "flow_wall_s": run["flow_wall"], "cpu_per_athlete_s": run["cpu_flow"] / n_athletes,
         "load_before": load_before, "load_after": load_after,
-        "timing": stage_table(records, t0, t1, flow_wall),
+        "timing": stage_table(records, run["t0"], run["t1"], run["flow_wall"]),
         "memory": {"peak_tree_mib": mem.peak_tree / 2**20,
                    "peak_self_mib": mem.peak_self / 2**20,
                    "peak_children_mib": mem.peak_children / 2**20, **rusage_mib()},
-        "counts": summary["counts"],
+        "counts": run["summary"]["counts"],
         "home": str(home),
     }
     print_table(result)
@@ -501,23 +549,7 @@ def run_one(args: argparse.Namespace, n_athletes: int) -> dict[str, Any]:
     if args.naive_sample > 0:
         os.environ.pop("VELOREADY_TIMING_FILE", None)
         naive_settings = load_settings(args.config, **overrides)
-        picked = naive_sample(frame, args.naive_sample, args.seed)
-        if args.naive in ("both", "optimised"):
-            result["naive"] = run_naive(frame, families, naive_settings, picked)
-            result["load_after_naive"] = tuple(round(x, 2) for x in os.getloadavg())
-            print_naive(result)
-        if args.naive in ("both", "textbook"):
-            from bench.naive_textbook import run_textbook
-
-            with MemorySampler() as tb_mem:
-                cpu0 = tb_mem.tree_cpu()
-                t = time.perf_counter()
-                result["textbook"] = run_textbook(frame, picked, families, naive_settings,
-                                                  home)
-                result["textbook"]["run_wall_s"] = time.perf_counter() - t
-                result["textbook"]["tree_cpu_s"] = tb_mem.tree_cpu() - cpu0
-            result["load_after_textbook"] = tuple(round(x, 2) for x in os.getloadavg())
-            print_textbook(result)
+        run_naive_references(args, result, frame, families, naive_settings, home)
     if not args.keep:
         shutil.rmtree(home, ignore_errors=True)
     return result
