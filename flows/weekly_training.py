@@ -45,7 +45,7 @@ from tasks.training import (
     write_report,
 )
 from veloready_pipeline import fsio, ingest, rerun
-from veloready_pipeline.config import Family, Settings, load_settings
+from veloready_pipeline.config import Settings, load_settings
 from veloready_pipeline.families import FAMILIES
 from veloready_pipeline.results import ModelResult
 from veloready_pipeline.sources.common import NoDataError
@@ -150,7 +150,7 @@ def weekly_training(
     source: str | None = None,
     as_of: str | None = None,
     athlete_ids: list[str] | None = None,
-    families: list[Family] | None = None,
+    families: list[str] | None = None,
     summary_json: str | None = None,
     progress: bool = True,
     since: str | None = None,
@@ -171,7 +171,9 @@ def weekly_training(
     """
     logger = get_run_logger()
     settings = settings or load_settings()
-    fams: list[str] = list(families or settings.families)
+    # Every name a registered family, before any work (one line naming the setting).
+    fams = FAMILIES.check(list(families or settings.families),
+                          "families" if families else "settings families")
     started = dt.datetime.now(dt.UTC)
 
     ingested = ingest_data(settings, data, source)
@@ -283,7 +285,7 @@ def weekly_training_backfill(
     settings: Settings | None = None,
     data: str | None = None,
     athlete_ids: list[str] | None = None,
-    families: list[Family] | None = None,
+    families: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Re-train as of each date from ``start`` to ``end`` (inclusive), every N days.
 
@@ -292,6 +294,8 @@ def weekly_training_backfill(
     """
     logger = get_run_logger()
     settings = settings or load_settings()
+    if families:
+        FAMILIES.check(families)  # before any as-of run
     window = ingest.data_window(ingest.load_data(settings, data).frame)
     dates, before = ingest.backfill_dates(start, end, every_days, window)
     first, latest = window  # backfill_dates refused a window-less data set

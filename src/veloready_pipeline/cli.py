@@ -195,18 +195,18 @@ def _check_folder(path: Path, label: str) -> None:
 
 
 def check_families(families: str | None) -> list[str] | None:
-    """The ``--families`` list, every name a known family."""
-    from veloready_pipeline.config import ALL_FAMILIES
+    """The ``--families`` list, every name a registered family (`families.FAMILIES`)."""
+    from veloready_pipeline.families import FAMILIES
 
     if families is None:
         return None
     fams = _csv(families) or []
-    unknown = [f for f in fams if f not in ALL_FAMILIES]
+    unknown = [f for f in fams if f not in FAMILIES]
     if unknown or not fams:
         raise UserError(f"--families {families!r}: "
                         + (f"unknown family {', '.join(map(repr, unknown))}" if unknown
                            else "no family named")
-                        + f"; choose from {', '.join(ALL_FAMILIES)}")
+                        + f"; choose from {', '.join(FAMILIES.names())}")
     return list(dict.fromkeys(fams))
 
 

@@ -17,11 +17,13 @@ raised as one `ConfigError` line naming the key and where it came from.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -37,19 +39,6 @@ from pydantic_settings import (
 )
 from pydantic_settings.exceptions import SettingsError
 
-Family = Literal["recovery", "zones", "injury"]
-ALL_FAMILIES: tuple[Family, ...] = ("recovery", "zones", "injury")
-
-# The hyper-parameters each family's trainer reads (`models.recovery._booster_params`
-# and ``n_estimators``; `models.net_tuning.fit_config` and the nets' ``hidden``). Any other
-# name in a search space would be tuned and then ignored, so it is refused.
-SPACE_PARAMS: dict[str, frozenset[str]] = {
-    "recovery": frozenset({"max_depth", "learning_rate", "n_estimators", "min_child_weight",
-                           "subsample", "reg_lambda"}),
-    "zones": frozenset({"hidden", "lr", "weight_decay", "prior_strength"}),
-    "injury": frozenset({"hidden", "lr", "weight_decay", "prior_strength"}),
-}
-
 # ``VELOREADY_*`` environment names that are not settings.
 NON_SETTING_ENV = frozenset({"VELOREADY_CONFIG", "VELOREADY_HOME", "VELOREADY_TIMING_FILE"})
 NON_SETTING_ENV_PREFIXES = ("VELOREADY_TEST_",)
@@ -57,6 +46,75 @@ NON_SETTING_ENV_PREFIXES = ("VELOREADY_TEST_",)
 
 class ConfigError(ValueError):
     """A settings problem, said in one line that names the key and where it came from."""
+
+
+# ------------------------------------------------------------------ model family names
+# The family names settings accept, and each family's defaults: a light name registry.
+# `veloready_pipeline.families` registers every family here (``FAMILIES.register``);
+# config never imports the families (they import config). The first time settings need
+# the names, `veloready_pipeline.load_families` (the package root) imports the family
+# table, which registers the built-in ones; importing config alone stays light.
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """What settings know of one model family, given by its module.
+
+    ``gates``: default gate thresholds (a threshold set in the YAML/env is merged over
+    them field by field); ``space``: default Optuna search space (merged per parameter);
+    ``space_params``: the hyper-parameters the family's trainer reads (any other name
+    in a search space would be tuned and then ignored, so it is refused).
+    """
+
+    gates: GateThresholds
+    space: SearchSpace
+    space_params: frozenset[str]
+
+
+_FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {}
+
+
+def _family_defaults() -> dict[str, FamilyDefaults]:
+    """The registered families' defaults (the built-in families registered first)."""
+    import veloready_pipeline
+
+    veloready_pipeline.load_families()
+    return _FAMILY_DEFAULTS
+
+
+def register_family_defaults(name: str, defaults: FamilyDefaults) -> None:
+    """Accept ``name`` as a family in settings, with these defaults."""
+    _FAMILY_DEFAULTS[name] = defaults
+
+
+def unregister_family_defaults(name: str) -> None:
+    _FAMILY_DEFAULTS.pop(name, None)
+
+
+def family_names() -> tuple[str, ...]:
+    """The registered family names, in registration order."""
+    return tuple(_family_defaults())
+
+
+def _known_family(name: str) -> str:
+    known = _family_defaults()
+    if name not in known:
+        raise ValueError(f"unknown family {name!r}; known: "
+                         f"{', '.join(known) or 'none registered'}")
+    return name
+
+
+# A family name in settings (``families``, the keys of ``gates`` and ``tuning.spaces``):
+# any registered family; an unknown one fails validation naming the setting.
+Family = Annotated[str, AfterValidator(_known_family)]
+
+
+def __getattr__(name: str) -> Any:
+    # Transitional (issue 17), until the lifecycle move lands: the old closed list
+    # ALL_FAMILIES is now the registered names (`families.FAMILIES.names()`).
+    if name == "ALL_FAMILIES":
+        return family_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Section(BaseModel):
@@ -136,44 +194,9 @@ class SearchSpace(_Section):
     params: dict[str, list[Any]] = Field(default_factory=dict)
 
 
-def _default_spaces() -> dict[Family, SearchSpace]:
-    return {
-        "recovery": SearchSpace(
-            params={
-                "max_depth": [2, 5],
-                "learning_rate": [0.03, 0.3],
-                "n_estimators": [50, 300],
-                "min_child_weight": [1.0, 10.0],
-                "subsample": [0.6, 1.0],
-                "reg_lambda": [0.1, 10.0],
-            }
-        ),
-        # Networks: `hidden` is a list of three choices (two numbers would mean a range);
-        # one population network is fitted per choice and shared by every trial. `lr`
-        # and `prior_strength` (L2 pull of each athlete's weights towards the population
-        # network) tune the personal fine-tune. Small widths: ~50-120 rows per rider.
-        # Gentle fine-tunes only (strong prior, small steps): a rider has 1-3 injury
-        # events, and the last interpolated FTP labels of training lean on the
-        # validation part's test, so validation would reward over-fitting.
-        # Zone widths start at 64: a Core ML package has a fixed ~3 KB part (program
-        # text, manifest) that quantizing cannot shrink. Measured with the real export
-        # (18 inputs, 3 hidden layers), quantized size / float32 size: width 32 linear8
-        # 0.64, palette4 0.53 (float32 18.5 KB); 48: 0.50 / 0.38; 64: 0.42 / 0.29;
-        # 80: 0.38 / 0.25; 96: 0.35 / 0.21. From 64 up whichever quantized variant
-        # ships is at most half the float32 package with a margin (checked at the
-        # smallest width by tests/test_models_zones.py).
-        "zones": SearchSpace(
-            params={"hidden": [64, 80, 96], "lr": [0.0003, 0.003],
-                    "prior_strength": [0.3, 30.0]}
-        ),
-        # Injury: prior strength from 10 up. A rider's training part holds one to three
-        # events and validation rarely one, so a loose personal fine-tune fits noise and
-        # validation cannot tell (50 realistic riders, 20 trials, seeds 7/1/2: pooled
-        # test AUROC 0.762/0.731/0.676 with [0.3, 30], 0.762/0.731/0.726 with [10, 300]).
-        "injury": SearchSpace(
-            params={"hidden": [32], "lr": [0.0003, 0.003], "prior_strength": [10.0, 300.0]}
-        ),
-    }
+def _default_spaces() -> dict[str, SearchSpace]:
+    # Each registered family's own default (see its module in `veloready_pipeline.families`).
+    return {name: d.space.model_copy(deep=True) for name, d in _family_defaults().items()}
 
 
 class TuningSettings(_Section):
@@ -251,11 +274,12 @@ class TuningSettings(_Section):
     @classmethod
     def _known_params(cls, value: dict[Family, SearchSpace]) -> dict[Family, SearchSpace]:
         for fam, space in value.items():
-            unknown = sorted(set(space.params) - SPACE_PARAMS[fam])
+            known = _family_defaults()[fam].space_params
+            unknown = sorted(set(space.params) - known)
             if unknown:
                 raise ValueError(
                     f"unknown {fam} hyper-parameter(s) {', '.join(unknown)}; known: "
-                    f"{', '.join(sorted(SPACE_PARAMS[fam]))}")
+                    f"{', '.join(sorted(known))}")
         return value
 
 
@@ -280,17 +304,9 @@ class GateThresholds(_Section):
     )
 
 
-def _default_gates() -> dict[Family, GateThresholds]:
-    return {
-        # 0-100 scores: the design card's defaults.
-        "recovery": GateThresholds(rmse_max=8.0, mae_max=6.0, r2_min=0.7),
-        # Watts on FTP: a zone boundary 8 W off is inside a day-to-day power meter drift.
-        "zones": GateThresholds(rmse_max=8.0, mae_max=6.0),
-        # Ranking real injury events; Brier must beat the base rate (baseline). See
-        # `gates.injury_verdict`: the AUROC is pooled over the batch's test parts
-        # (a rider's own test part holds 0-2 events) and needs >= 10 distinct events.
-        "injury": GateThresholds(auroc_min=0.75, min_events=10),
-    }
+def _default_gates() -> dict[str, GateThresholds]:
+    # Each registered family's own default (see its module in `veloready_pipeline.families`).
+    return {name: d.gates.model_copy(deep=True) for name, d in _family_defaults().items()}
 
 
 def _default_quantizations() -> list[Literal["linear8", "palette4"]]:
@@ -487,7 +503,7 @@ class Settings(BaseSettings):
     )
 
     seed: int = Field(default=7, ge=0, le=2**31 - 1)
-    families: list[Family] = Field(default_factory=lambda: list(ALL_FAMILIES))
+    families: list[Family] = Field(default_factory=lambda: list(family_names()))
     min_history_days: int = Field(default=90, ge=14, le=3650)
     max_history_days: int = Field(
         default=730, ge=14, le=36_500,

@@ -37,7 +37,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from veloready_pipeline.config import ALL_FAMILIES, Settings
+from veloready_pipeline.config import Settings
 
 BUCKETS = 100
 STAGED, STABLE, ROLLBACK = "staged", "stable", "rollback"
@@ -242,7 +242,9 @@ def manifest_content(settings: Settings, athlete_id: str,
     client = client or _client(settings)
     entries: list[dict[str, Any]] = []
     blocks: dict[str, Any] = {}
-    for family in ALL_FAMILIES:
+    from veloready_pipeline.families import FAMILIES
+
+    for family in FAMILIES.names():
         state = champion_state(client, settings, athlete_id, family)
         if state is None:
             continue

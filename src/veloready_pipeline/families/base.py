@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from veloready_pipeline.config import GateThresholds, Settings
+from veloready_pipeline.config import GateThresholds, SearchSpace, Settings
 from veloready_pipeline.gates import GateVerdict
 from veloready_pipeline.results import ModelResult
 
@@ -47,6 +47,10 @@ class ModelFamily(ABC):
     Attributes:
         name: the family's name in settings, registry names, summaries and manifests.
         model_kind: MLflow flavour of the registered model (one of `MODEL_KINDS`).
+        default_gates / default_space / space_params: the family's default gate
+            thresholds and Optuna search space, and the hyper-parameters its trainer
+            reads; registering the family makes them settings defaults
+            (`config.register_family_defaults`), merged with the YAML/env field by field.
         fits_population: True when `fit_population` fits a model over every athlete
             of the run *before* the chunks (the flow runs it as its own task).
         plot_unit / plot_style / plot_series_title: the residual plot's axis unit,
@@ -57,6 +61,9 @@ class ModelFamily(ABC):
 
     name: ClassVar[str]
     model_kind: ClassVar[str]
+    default_gates: ClassVar[GateThresholds]
+    default_space: ClassVar[SearchSpace]
+    space_params: ClassVar[frozenset[str]]
     fits_population: ClassVar[bool] = False
     plot_unit: ClassVar[str] = "value"
     plot_style: ClassVar[PlotStyle] = "days"
@@ -65,7 +72,12 @@ class ModelFamily(ABC):
 
     def thresholds(self, settings: Settings) -> GateThresholds:
         """This family's configured gate thresholds."""
-        return settings.gates[self.name]
+        try:
+            return settings.gates[self.name]
+        except KeyError:
+            raise UnknownFamilyError(
+                f"settings have no gates.{self.name} (built before the family was "
+                "registered?)") from None
 
     @abstractmethod
     def dataset(self, athlete_rows: pd.DataFrame, settings: Settings) -> Any:
@@ -113,7 +125,10 @@ class FamilyTable:
         self._families: dict[str, ModelFamily] = {}
 
     def register(self, family: ModelFamily) -> ModelFamily:
-        """Add a family (its name must be new and its model kind one the registry saves)."""
+        """Add a family (its name must be new and its model kind one the registry saves);
+        its default gates and search space become settings defaults."""
+        from veloready_pipeline.config import FamilyDefaults, register_family_defaults
+
         name = getattr(family, "name", None)
         if not isinstance(name, str) or not name:
             raise ValueError(f"{type(family).__name__} has no name")
@@ -122,13 +137,19 @@ class FamilyTable:
         if family.model_kind not in MODEL_KINDS:
             raise ValueError(f"family {name!r}: model kind {family.model_kind!r} is not one "
                              f"the registry can save; known: {', '.join(MODEL_KINDS)}")
+        register_family_defaults(name, FamilyDefaults(
+            gates=family.default_gates, space=family.default_space,
+            space_params=frozenset(family.space_params)))
         self._families[name] = family
         return family
 
     def unregister(self, name: str) -> None:
         """Remove a family (tests that register a family of their own)."""
+        from veloready_pipeline.config import unregister_family_defaults
+
         self.get(name)
         del self._families[name]
+        unregister_family_defaults(name)
 
     def get(self, name: str) -> ModelFamily:
         """The family called ``name``; `UnknownFamilyError` naming the known ones."""
@@ -141,6 +162,15 @@ class FamilyTable:
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._families)
+
+    def check(self, names: Sequence[str], setting: str = "families") -> list[str]:
+        """``names`` if every one is registered, else one line naming the setting."""
+        unknown = [n for n in names if n not in self._families]
+        if unknown:
+            raise UnknownFamilyError(
+                f"{setting}: unknown model family {', '.join(map(repr, unknown))}; known: "
+                f"{', '.join(self._families) or 'none'}")
+        return list(names)
 
     def __contains__(self, name: object) -> bool:
         return name in self._families

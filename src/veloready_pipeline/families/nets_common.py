@@ -53,6 +53,10 @@ def choose_shipped_variant(report: dict[str, dict[str, Any]], max_size_ratio: fl
     return min(passing, key=lambda v: report[v]["size_bytes"])
 
 
+# The hyper-parameters `models.net_tuning.fit_config` and the nets' ``hidden`` read.
+NET_SPACE_PARAMS = frozenset({"hidden", "lr", "weight_decay", "prior_strength"})
+
+
 class TorchNetFamily(ModelFamily):
     """A family whose model is a PyTorch module taking the raw feature rows.
 
@@ -168,6 +172,8 @@ class BatchedNetFamily(TorchNetFamily):
     and `gate_in_batch` (one athlete's verdict with those figures, which it also
     stores on the result so `verdict` can re-gate a variant later).
     """
+
+    space_params: ClassVar[frozenset[str]] = NET_SPACE_PARAMS
 
     @abstractmethod
     def train_batch(self, datasets: Mapping[str, Any],

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from veloready_pipeline.config import Settings
+from veloready_pipeline.config import GateThresholds, SearchSpace, Settings
 from veloready_pipeline.families.base import ModelFamily
 from veloready_pipeline.gates import GateVerdict, evaluate_gate, regression_metrics
 from veloready_pipeline.results import ModelResult
@@ -29,6 +29,19 @@ class RecoveryFamily(ModelFamily):
     plot_unit = "recovery score (0-100)"
     plot_style = "days"
     reports_baseline_rmse = True
+    # 0-100 scores: the design card's defaults.
+    default_gates = GateThresholds(rmse_max=8.0, mae_max=6.0, r2_min=0.7)
+    default_space = SearchSpace(params={
+        "max_depth": [2, 5],
+        "learning_rate": [0.03, 0.3],
+        "n_estimators": [50, 300],
+        "min_child_weight": [1.0, 10.0],
+        "subsample": [0.6, 1.0],
+        "reg_lambda": [0.1, 10.0],
+    })
+    # What the trainer reads (`models.recovery._booster_params` and ``n_estimators``).
+    space_params = frozenset({"max_depth", "learning_rate", "n_estimators",
+                              "min_child_weight", "subsample", "reg_lambda"})
 
     def dataset(self, athlete_rows: pd.DataFrame, settings: Settings) -> Any:
         from veloready_pipeline.models.recovery import prepare_athlete
@@ -60,7 +73,7 @@ class RecoveryFamily(ModelFamily):
         if list(booster.feature_names or []) != result.feature_names:
             raise ValueError("champion uses a different feature set")
         pred = booster.inplace_predict(np.asarray(result.test_X, dtype=np.float32))
-        return regression_metrics(result.test_y, pred)["rmse"]
+        return regression_metrics(np.asarray(result.test_y), pred)["rmse"]
 
     def export(self, result: ModelResult, folder: Path, name: str,
                settings: Settings) -> dict[str, Any]:

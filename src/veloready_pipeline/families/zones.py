@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from veloready_pipeline.config import GateThresholds, Settings
+from veloready_pipeline.config import GateThresholds, SearchSpace, Settings
 from veloready_pipeline.families.nets_common import BatchedNetFamily
 from veloready_pipeline.gates import GateVerdict, regression_metrics, zone_verdict
 from veloready_pipeline.results import ModelResult
@@ -35,6 +35,24 @@ class ZonesFamily(BatchedNetFamily):
     plot_style = "tests"
     plot_series_title = "FTP at each measured test"
     reports_baseline_rmse = True
+    # Watts on FTP: a zone boundary 8 W off is inside a day-to-day power meter drift.
+    default_gates = GateThresholds(rmse_max=8.0, mae_max=6.0)
+    # Networks: `hidden` is a list of three choices (two numbers would mean a range);
+    # one population network is fitted per choice and shared by every trial. `lr`
+    # and `prior_strength` (L2 pull of each athlete's weights towards the population
+    # network) tune the personal fine-tune. Small widths: ~50-120 rows per rider.
+    # Gentle fine-tunes only (strong prior, small steps): a rider has 1-3 injury
+    # events, and the last interpolated FTP labels of training lean on the
+    # validation part's test, so validation would reward over-fitting.
+    # Zone widths start at 64: a Core ML package has a fixed ~3 KB part (program
+    # text, manifest) that quantizing cannot shrink. Measured with the real export
+    # (18 inputs, 3 hidden layers), quantized size / float32 size: width 32 linear8
+    # 0.64, palette4 0.53 (float32 18.5 KB); 48: 0.50 / 0.38; 64: 0.42 / 0.29;
+    # 80: 0.38 / 0.25; 96: 0.35 / 0.21. From 64 up whichever quantized variant
+    # ships is at most half the float32 package with a margin (checked at the
+    # smallest width by tests/test_models_zones.py).
+    default_space = SearchSpace(params={"hidden": [64, 80, 96], "lr": [0.0003, 0.003],
+                                        "prior_strength": [0.3, 30.0]})
 
     def dataset(self, athlete_rows: pd.DataFrame, settings: Settings) -> Any:
         from veloready_pipeline.features_nets import make_zone_dataset
@@ -72,7 +90,7 @@ class ZonesFamily(BatchedNetFamily):
         from veloready_pipeline.models.zones import predict_zones
 
         y = np.asarray(result.test_y)
-        pred = predict_zones(model, result.test_X)
+        pred = predict_zones(model, np.asarray(result.test_X))
         return regression_metrics(y[:, 0], pred[:, 0]), pred
 
 
