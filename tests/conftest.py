@@ -78,6 +78,8 @@ TIERS: dict[str, str] = {
     "test_export_shipping.py": UNIT,
     "test_export_torch.py": INTEGRATION,
     "test_export_xgboost.py": INTEGRATION,
+    "test_families.py": UNIT,
+    "test_families.py::test_toy_family_train_gate_register_export_and_sign": INTEGRATION,
     "test_features.py": UNIT,
     "test_features_nets.py": UNIT,
     "test_flow_lifecycle.py": FLOW,
