@@ -146,7 +146,7 @@ def _tasks() -> dict[str, Any]:
 
     @task(name="naive-export")
     def export(result: Any, folder: Path, settings: Any) -> dict[str, Any]:
-        from veloready_pipeline.publish import export_one
+        from veloready_pipeline.lifecycle.convert import export_one
 
         return export_one(result, folder, f"naive-{result.family}-{result.athlete_id}",
                           settings)

@@ -138,16 +138,8 @@ def instrument_stages() -> None:
     worker processes, where a wrapper made here would not exist).
     """
     import flows.weekly_training as wt
-    from veloready_pipeline import (
-        fsio,
-        ingest,
-        publish,
-        registry,
-        report,
-        summary,
-        tables,
-        validation,
-    )
+    from veloready_pipeline import fsio, ingest, report, summary, tables, validation
+    from veloready_pipeline.lifecycle import publish, registry
     from veloready_pipeline.timing import time_stage
 
     def wrap(owner: Any, attr: str, stage: str) -> None:

@@ -113,7 +113,7 @@ def train_chunks(frame: Any, families: list[str], settings: Settings,
     # registering a chunk reads only the runs logged since the previous one.
     known_runs = None
     if registry is not None:
-        from veloready_pipeline.registry import KnownRuns
+        from veloready_pipeline.lifecycle.registry import KnownRuns
 
         known_runs = KnownRuns(registry.data_hash)
     results: list[ModelResult] = []
@@ -211,7 +211,7 @@ def weekly_training(
             ingest.AthleteRows.of(frame), train_fams, settings, None, progress, registry)
     outcomes = review_challengers(outcomes, settings)
     exports = export_models(0, results, shippable_outcomes(outcomes), settings)
-    manifests = publish_ota(exports, outcomes, settings)
+    manifests = publish_ota(outcomes, settings)
 
     data_notes = {a: n for a, n in outcome.data_notes.items()
                   if not athlete_ids or a in athlete_ids}

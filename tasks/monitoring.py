@@ -47,7 +47,7 @@ def drift_actions_pending(settings: Settings, statuses: list[Any]) -> list[Any]:
 @task(name="rollback-drifted", cache_policy=NO_CACHE)
 def rollback_drifted(settings: Settings, flagged: list[Any]) -> dict[str, str]:
     """Roll each drifted champion back to its previous version (refusals are reported)."""
-    from veloready_pipeline.rollout import RolloutError, rollback_champion
+    from veloready_pipeline.lifecycle.rollout import RolloutError, rollback_champion
 
     done: dict[str, str] = {}
     for st in flagged:

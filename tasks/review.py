@@ -23,8 +23,8 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from veloready_pipeline import review
 from veloready_pipeline.config import Settings
+from veloready_pipeline.lifecycle import review
 
 PAUSE_KEY = "challenger-review"
 MAX_ASKS = 3

@@ -79,8 +79,8 @@ def register_models(results: list[ModelResult], settings: Settings, data_hash: s
     ``known_runs`` (a `registry.KnownRuns`) carries the runs already logged under
     ``data_hash`` from one chunk's call to the next.
     """
+    from veloready_pipeline.lifecycle.registry import register_results
     from veloready_pipeline.plots import model_svg
-    from veloready_pipeline.registry import register_results
 
     # Test-part plots with axes as hand-written SVG (the MLflow UI previews it), every model.
     outcomes = register_results(results, settings, data_hash=data_hash, lineage=lineage,
@@ -101,7 +101,7 @@ def register_models(results: list[ModelResult], settings: Settings, data_hash: s
 def export_models(chunk_no: int, results: list[ModelResult], outcomes: list[Any],
                   settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
     """Core ML + ONNX export (quantized for networks) of newly registered models."""
-    from veloready_pipeline.publish import export_registered
+    from veloready_pipeline.lifecycle.publish import export_registered
 
     records = export_registered(results, outcomes, settings)
     for (aid, fam), rec in sorted(records.items()):
@@ -114,12 +114,11 @@ def export_models(chunk_no: int, results: list[ModelResult], outcomes: list[Any]
 
 
 @task(name="publish-ota", cache_policy=NO_CACHE)
-def publish_ota(exports: dict[tuple[str, str], dict[str, Any]], outcomes: list[Any],
-                settings: Settings) -> dict[str, str]:
+def publish_ota(outcomes: list[Any], settings: Settings) -> dict[str, str]:
     """Signed OTA manifests, one per athlete, advertising each family's champion."""
-    from veloready_pipeline.publish import publish_manifests
+    from veloready_pipeline.lifecycle.publish import publish_manifests
 
-    written = publish_manifests(exports, outcomes, settings)
+    written = publish_manifests(outcomes, settings)
     log.info("publish: %d signed OTA manifests written to %s", len(written),
              settings.resolve(settings.paths.ota_dir))
     return written
@@ -131,7 +130,8 @@ def write_report(summary: dict[str, Any], out_dir: Path, settings: Settings) -> 
     the report's content as Prefect Markdown artifacts, linking to the MLflow UI."""
     from prefect.artifacts import create_markdown_artifact
 
-    from veloready_pipeline.registry import EXPERIMENT, configure_mlflow, log_report
+    from veloready_pipeline.lifecycle.registry import log_report
+    from veloready_pipeline.lifecycle.store import EXPERIMENT, configure_mlflow
     from veloready_pipeline.report import build_report, pooled_metrics, prefect_report_markdown
 
     paths = build_report(summary, out_dir)

@@ -26,9 +26,11 @@ from mlflow.tracking import MlflowClient
 
 from veloready_pipeline.config import Settings, load_settings
 from veloready_pipeline.export.ota import load_public_key, public_key_path, verify_path
-from veloready_pipeline.publish import RECORD, export_registered, publish_manifests
-from veloready_pipeline.registry import EXPERIMENT, KnownRuns, register_results, residual_svg
-from veloready_pipeline.review import shippable
+from veloready_pipeline.lifecycle.manifests import RECORD
+from veloready_pipeline.lifecycle.publish import export_registered, publish_manifests
+from veloready_pipeline.lifecycle.registry import KnownRuns, register_results, residual_svg
+from veloready_pipeline.lifecycle.review import shippable
+from veloready_pipeline.lifecycle.store import EXPERIMENT
 from veloready_pipeline.summary import summary_rows
 from veloready_pipeline.training import score_model
 
@@ -44,7 +46,7 @@ def run_week(results: list[Any], settings: Settings, workdir: Path,
                                           plot_fn=residual_svg, workdir=workdir,
                                           known_runs=known)]
     exports = export_registered(results, shippable(outcomes), settings)
-    manifests = publish_manifests(exports, outcomes, settings)
+    manifests = publish_manifests(outcomes, settings)
     by_key = {(o.athlete_id, o.family): o for o in outcomes}
     return summary_rows(results, by_key, exports, {}, ["recovery"], manifests)
 
@@ -96,7 +98,7 @@ KILL_POINTS = ("after_version_created",)
 
 
 def _kill_after_version_created() -> None:
-    from veloready_pipeline import registry
+    from veloready_pipeline.lifecycle import registry
 
     original = registry._create_version
 

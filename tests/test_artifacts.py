@@ -108,7 +108,7 @@ def test_training_experiment_opens_on_training_runs(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from veloready_pipeline.config import load_settings
-    from veloready_pipeline.registry import EXPERIMENT, configure_mlflow
+    from veloready_pipeline.lifecycle.store import EXPERIMENT, configure_mlflow
 
     monkeypatch.setenv("VELOREADY_HOME", str(tmp_path))
     settings = load_settings()

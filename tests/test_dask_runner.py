@@ -118,7 +118,7 @@ def test_export_in_local_processes_equals_serial_export(veloready_home, monkeypa
     from types import SimpleNamespace
 
     from helpers_data import toy_athlete
-    from veloready_pipeline import publish
+    from veloready_pipeline.lifecycle import convert, publish
     from veloready_pipeline.models.recovery import train_recovery_model
 
     base = load_settings(tuning={"n_trials": 2})
@@ -128,14 +128,14 @@ def test_export_in_local_processes_equals_serial_export(veloready_home, monkeypa
                                 registered_name=f"veloready-recovery-{r.athlete_id}",
                                 run_id=None) for r in results]
     used = []
-    real = publish._run_exports
+    real = publish.run_exports
 
     def spy(jobs, settings):
         used.append(min(settings.execution.local_workers,
-                        len(jobs) // publish.MIN_EXPORTS_PER_PROCESS))
+                        len(jobs) // convert.MIN_EXPORTS_PER_PROCESS))
         return real(jobs, settings)
 
-    monkeypatch.setattr(publish, "_run_exports", spy)
+    monkeypatch.setattr(publish, "run_exports", spy)
     records = {}
     for workers in (1, 2):
         monkeypatch.setenv("VELOREADY_HOME", str(veloready_home / f"w{workers}"))

@@ -315,7 +315,7 @@ def _search_space_nets():
 def test_trimmed_pass_pipelines_give_the_packages_of_the_full_ones() -> None:
     """Every architecture of the configured search spaces converts and compresses to the
     same ML program with only the passes our nets need as with coremltools' defaults."""
-    from veloready_pipeline.export.coreml import compress_mlmodel, convert_torch_mlmodel
+    from veloready_pipeline.export.mlprogram import compress_mlmodel, convert_torch_mlmodel
 
     nets = list(_search_space_nets())
     assert {n.split("-")[0] for n, _, _ in nets} == {"zones", "injury"}

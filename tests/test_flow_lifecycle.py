@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from veloready_pipeline.config import load_settings
 from veloready_pipeline.ids import athlete_key
-from veloready_pipeline.registry import CHAMPION, EXPERIMENT, registered_name
+from veloready_pipeline.lifecycle.store import CHAMPION, EXPERIMENT, registered_name
 from veloready_pipeline.simulate import simulate_athletes
 
 pytestmark = pytest.mark.slow

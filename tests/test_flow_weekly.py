@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from veloready_pipeline.cli import app
 from veloready_pipeline.config import load_settings
-from veloready_pipeline.registry import CHAMPION, registered_name
+from veloready_pipeline.lifecycle.store import CHAMPION, registered_name
 from veloready_pipeline.simulate import simulate_athletes
 
 pytestmark = pytest.mark.slow

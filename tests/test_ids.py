@@ -19,8 +19,8 @@ from veloready_pipeline.ids import (
     is_plain,
     key_collisions,
 )
-from veloready_pipeline.publish import export_dir
-from veloready_pipeline.registry import registered_name
+from veloready_pipeline.lifecycle.manifests import export_dir
+from veloready_pipeline.lifecycle.store import registered_name
 from veloready_pipeline.validation import validate_frame, write_quarantine_reports
 
 KEY = re.compile(r"[a-z0-9][a-z0-9._-]*")

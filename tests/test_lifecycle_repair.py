@@ -109,19 +109,19 @@ def _patch_once(monkeypatch, target, name, *, after: bool = False, when=None):
 
 
 def _inject(step: str, monkeypatch) -> None:
-    from veloready_pipeline import publish, registry
     from veloready_pipeline.export import ota
+    from veloready_pipeline.lifecycle import publish, registry, store
 
     if step == "register: model logged, version not created":
         _patch_once(monkeypatch, registry, "_create_version")
     elif step == "register: version created, no alias":
         _patch_once(monkeypatch, registry, "_create_version", after=True)
     elif step == "alias: alias write fails":
-        _patch_once(monkeypatch, registry._RegistryClient, "set_registered_model_alias")
+        _patch_once(monkeypatch, store._RegistryClient, "set_registered_model_alias")
     elif step == "export: files written, no export record":
         _patch_once(monkeypatch, publish, "atomic_write_text")
     elif step == "sign: nothing published (export without manifest)":
-        _patch_once(monkeypatch, ota, "write_manifest")
+        _patch_once(monkeypatch, publish, "write_manifest")  # the name publish calls
     elif step == "sign: manifest written, signature not":
         _patch_once(monkeypatch, ota, "_atomic_write",
                     when=lambda path, data: Path(path).name == ota.SIGNATURE_NAME)
@@ -195,7 +195,7 @@ def test_stale_interrupted_version_is_withdrawn_not_promoted(weeks, tmp_path, mo
     summary says not_promoted, never registered."""
     from mlflow.tracking import MlflowClient
 
-    from veloready_pipeline.registry import CHAMPION, registered_name
+    from veloready_pipeline.lifecycle.store import CHAMPION, registered_name
 
     s = _settings(tmp_path, monkeypatch)
     run_week(weeks[0][:1], s, tmp_path / "plots", "week1")

@@ -97,7 +97,7 @@ def test_weekly_run_pauses_for_review_and_ships_only_approved(prefect_server, tm
                                                               monkeypatch):
 
     from veloready_pipeline.config import load_settings
-    from veloready_pipeline.registry import CHALLENGER, CHAMPION, registered_name
+    from veloready_pipeline.lifecycle.store import CHALLENGER, CHAMPION, registered_name
     from veloready_pipeline.simulate import simulate_athletes, write_simulation
 
     home = tmp_path / "home"

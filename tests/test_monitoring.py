@@ -198,7 +198,7 @@ def test_monitoring_flow_flags_only_the_athlete_whose_physiology_changed(
 
     from flows.monitoring import daily_monitoring
     from veloready_pipeline import ingest, training
-    from veloready_pipeline.registry import register_results
+    from veloready_pipeline.lifecycle.registry import register_results
     from veloready_pipeline.simulate import simulate_athletes
 
     sim = simulate_athletes(4, DAYS, seed=SEED, profile="easy")
@@ -256,6 +256,6 @@ def test_monitoring_flow_flags_only_the_athlete_whose_physiology_changed(
 
 
 def registered_name_for(settings, athlete_id):
-    from veloready_pipeline.registry import registered_name
+    from veloready_pipeline.lifecycle.store import registered_name
 
     return registered_name(settings, "recovery", athlete_id)

@@ -77,7 +77,7 @@ def _settings(tracking_uri: str, artifacts: Path) -> Any:
 def _register_worker(args: tuple[str, str, list[Any], str, Any]) -> list[dict[str, Any]]:
     """One worker process: wait for the others, then register its results."""
     tracking_uri, artifacts, results, data_hash, barrier = args
-    from veloready_pipeline.registry import register_results
+    from veloready_pipeline.lifecycle.registry import register_results
     from veloready_pipeline.training import score_model
 
     settings = _settings(tracking_uri, Path(artifacts))
@@ -120,7 +120,7 @@ def passing_results() -> list[Any]:
 def _check_registry(tracking_uri: str, ids: list[str], versions_each: int) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
-    from veloready_pipeline.registry import CHAMPION, registered_name
+    from veloready_pipeline.lifecycle.store import CHAMPION, registered_name
 
     settings = load_settings()
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -199,7 +199,7 @@ def test_register_stage_spreads_over_local_processes_on_postgres(pg_database,
                                                                 passing_results, tmp_path,
                                                                 monkeypatch):
     """With several local workers configured, one `register_results` call shards."""
-    from veloready_pipeline import registry
+    from veloready_pipeline.lifecycle import registry
     from veloready_pipeline.training import score_model
 
     monkeypatch.setattr(registry, "MIN_RESULTS_PER_WRITER", 2)
@@ -224,7 +224,7 @@ def test_register_stage_spreads_over_local_processes_on_postgres(pg_database,
 
 def test_sqlite_registry_is_single_writer_by_design():
     """The embedded default stays SQLite (one writer); a server store takes several."""
-    from veloready_pipeline.registry import MIN_RESULTS_PER_WRITER, _registry_workers
+    from veloready_pipeline.lifecycle.registry import MIN_RESULTS_PER_WRITER, _registry_workers
 
     many = 10 * MIN_RESULTS_PER_WRITER
     embedded = load_settings(config_file=ROOT / "configs" / "embedded.yaml",

@@ -8,9 +8,10 @@ from mlflow.tracking import MlflowClient
 
 from helpers_data import toy_athlete
 from veloready_pipeline.config import load_settings
+from veloready_pipeline.lifecycle.registry import register_results
+from veloready_pipeline.lifecycle.store import CHAMPION, registered_name
 from veloready_pipeline.models.recovery import train_recovery_model
 from veloready_pipeline.plots import plot_residuals
-from veloready_pipeline.registry import CHAMPION, register_results, registered_name
 from veloready_pipeline.training import score_model
 
 
@@ -97,7 +98,7 @@ def test_known_runs_carry_a_weeks_runs_from_chunk_to_chunk(settings, good_result
                                                            monkeypatch):
     """Chunked registration reads only the runs logged since its previous read, still
     sees another writer's runs, and a re-run of a chunk reuses its runs."""
-    from veloready_pipeline import registry
+    from veloready_pipeline.lifecycle import registry
 
     read: list[int] = []
     real = registry._existing_runs

@@ -138,8 +138,8 @@ def store(tmp_path_factory) -> dict[str, Any]:
     """Two recovery challengers (r1, r2) pending review in a SQLite MLflow store."""
     from helpers_data import toy_athlete
     from veloready_pipeline.config import load_settings
+    from veloready_pipeline.lifecycle.registry import register_results
     from veloready_pipeline.models.recovery import train_recovery_model
-    from veloready_pipeline.registry import register_results
     from veloready_pipeline.training import score_model
 
     root = tmp_path_factory.mktemp("registry-cli")

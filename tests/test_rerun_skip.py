@@ -19,7 +19,7 @@ import pytest
 
 from veloready_pipeline import training
 from veloready_pipeline.config import load_settings
-from veloready_pipeline.publish import export_dir
+from veloready_pipeline.lifecycle.manifests import export_dir
 from veloready_pipeline.simulate import simulate_athletes
 
 
@@ -131,7 +131,7 @@ def test_rerun_skips_unchanged_batch_and_retrains_changed(prefect_api, veloready
     # The champion's export folder lost: not unchanged any more, the family trains.
     aid = sorted(registered)[0]
     settings = load_settings()
-    from veloready_pipeline.registry import configure_mlflow, model_aliases
+    from veloready_pipeline.lifecycle.store import configure_mlflow, model_aliases
 
     champion = model_aliases(configure_mlflow(settings), settings, "recovery", aid)["champion"]
     folder = export_dir(settings, "recovery", aid, champion)

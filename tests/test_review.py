@@ -10,9 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from helpers_data import toy_athlete
 from veloready_pipeline.config import load_settings
-from veloready_pipeline.models.recovery import train_recovery_model
-from veloready_pipeline.registry import CHALLENGER, CHAMPION, register_results, registered_name
-from veloready_pipeline.review import (
+from veloready_pipeline.lifecycle.registry import register_results
+from veloready_pipeline.lifecycle.review import (
     ReviewDecision,
     ReviewError,
     apply_decision,
@@ -23,6 +22,8 @@ from veloready_pipeline.review import (
     review_markdown,
     shippable,
 )
+from veloready_pipeline.lifecycle.store import CHALLENGER, CHAMPION, registered_name
+from veloready_pipeline.models.recovery import train_recovery_model
 from veloready_pipeline.training import score_model
 
 

@@ -18,18 +18,13 @@ from helpers_data import toy_athlete
 from veloready_pipeline.cli import app
 from veloready_pipeline.config import load_settings
 from veloready_pipeline.export.ota import verify_path
+from veloready_pipeline.lifecycle.manifests import device_bucket, in_rollout
+from veloready_pipeline.lifecycle.publish import export_registered, publish_manifests
+from veloready_pipeline.lifecycle.registry import register_results
+from veloready_pipeline.lifecycle.review import ReviewDecision, apply_decision, pending_challengers
+from veloready_pipeline.lifecycle.rollout import RolloutError, promote_rollout, rollback_champion
+from veloready_pipeline.lifecycle.store import CHAMPION, champion_state, registered_name
 from veloready_pipeline.models.recovery import train_recovery_model
-from veloready_pipeline.publish import export_registered, publish_manifests
-from veloready_pipeline.registry import CHAMPION, register_results, registered_name
-from veloready_pipeline.review import ReviewDecision, apply_decision, pending_challengers
-from veloready_pipeline.rollout import (
-    RolloutError,
-    champion_state,
-    device_bucket,
-    in_rollout,
-    promote_rollout,
-    rollback_champion,
-)
 from veloready_pipeline.training import score_model
 
 ATHLETE = "ro1"
@@ -115,7 +110,7 @@ def _ship_new_version(settings, result, digest, reviewer="alice"):
         o.champion_version = o.version
     exports = export_registered([result], outcomes, settings)
     assert "error" not in exports[(ATHLETE, "recovery")], exports
-    return Path(publish_manifests(exports, outcomes, settings)[ATHLETE])
+    return Path(publish_manifests(outcomes, settings)[ATHLETE])
 
 
 def _manifest(path):
@@ -264,11 +259,11 @@ def test_publish_renews_a_due_manifest_of_an_athlete_outside_the_run(settings, r
     before = path.read_bytes()
     # A week later, a run that does not include the athlete: nothing is rewritten.
     monkeypatch.setattr(ota, "_now", lambda: t0 + dt.timedelta(days=7))
-    assert publish_manifests({}, [], settings) == {}
+    assert publish_manifests([], settings) == {}
     assert path.read_bytes() == before
     # Past half the validity: the champion's manifest is renewed from the registry.
     monkeypatch.setattr(ota, "_now", lambda: t0 + dt.timedelta(days=16))
-    assert publish_manifests({}, [], settings) == {ATHLETE: str(path)}
+    assert publish_manifests([], settings) == {ATHLETE: str(path)}
     renewed = _manifest(path)
     assert renewed["sequence"] == first["sequence"] + 1
     assert renewed["models"] == first["models"]

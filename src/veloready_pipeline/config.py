@@ -443,7 +443,7 @@ class ExecutionSettings(_Section):
 
 
 class RolloutSettings(_Section):
-    """Staged OTA rollout of a new champion (see `veloready_pipeline.rollout`)."""
+    """Staged OTA rollout of a new champion (see `veloready_pipeline.lifecycle.rollout`)."""
 
     initial_percent: int = Field(
         default=10, ge=1, le=100, description="share of an athlete's devices a new champion gets"

@@ -173,7 +173,7 @@ def _parse_baseline(raw: str | None) -> tuple[dict[str, Any] | None, str | None]
 def champions_for(settings: Settings, athlete_ids: Iterable[str], family: str = "recovery",
                   client: MlflowClient | None = None) -> dict[str, ChampionModel]:
     """The champions of these athletes (athletes without one are left out)."""
-    from veloready_pipeline.registry import CHAMPION, configure_mlflow, registered_name
+    from veloready_pipeline.lifecycle.store import CHAMPION, configure_mlflow, registered_name
 
     client = client or configure_mlflow(settings)
     out: dict[str, ChampionModel] = {}
@@ -299,7 +299,7 @@ def store_champion_predictions(frame: pd.DataFrame, settings: Settings, *,
     """
     if family not in MONITORED_FAMILIES:
         raise ValueError(f"live monitoring supports {MONITORED_FAMILIES}, not {family!r}")
-    from veloready_pipeline.registry import configure_mlflow
+    from veloready_pipeline.lifecycle.store import configure_mlflow
 
     client = client or configure_mlflow(settings)
     store = store or PredictionStore(store_url(settings))
@@ -506,7 +506,7 @@ def monitor_champions(frame: pd.DataFrame, settings: Settings, *, as_of: str | N
                       store: PredictionStore | None = None
                       ) -> tuple[pd.DataFrame, list[LiveStatus]]:
     """Join the stored predictions of every current champion with the outcomes in ``frame``."""
-    from veloready_pipeline.registry import configure_mlflow
+    from veloready_pipeline.lifecycle.store import configure_mlflow
 
     client = client or configure_mlflow(settings)
     store = store or PredictionStore(store_url(settings))
@@ -533,7 +533,7 @@ def log_live_metrics(settings: Settings, daily: pd.DataFrame, statuses: Sequence
     Returns:
         athlete id -> MLflow run id.
     """
-    from veloready_pipeline.registry import TRAINING_EXPERIMENT_TAGS, configure_mlflow
+    from veloready_pipeline.lifecycle.store import TRAINING_EXPERIMENT_TAGS, configure_mlflow
 
     client = client or configure_mlflow(settings)
     exp = client.get_experiment_by_name(EXPERIMENT)
@@ -628,7 +628,7 @@ def drift_markdown(statuses: Sequence[LiveStatus], cfg: MonitoringSettings,
 def pending_drift_actions(settings: Settings, statuses: Sequence[LiveStatus],
                           client: MlflowClient | None = None) -> list[LiveStatus]:
     """Flagged champions whose version has not triggered an action yet (act once per version)."""
-    from veloready_pipeline.registry import configure_mlflow
+    from veloready_pipeline.lifecycle.store import configure_mlflow
 
     client = client or configure_mlflow(settings)
     out = []
@@ -644,7 +644,7 @@ def pending_drift_actions(settings: Settings, statuses: Sequence[LiveStatus],
 def record_drift_action(settings: Settings, status: LiveStatus, action: str, detail: str,
                         client: MlflowClient | None = None) -> None:
     """Remember on the model version what a drift flag triggered, and when."""
-    from veloready_pipeline.registry import configure_mlflow
+    from veloready_pipeline.lifecycle.store import configure_mlflow
 
     client = client or configure_mlflow(settings)
     stamp = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()

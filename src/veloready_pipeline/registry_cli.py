@@ -95,7 +95,7 @@ def review_command(
     """List challengers pending review; approve or reject them and resume a paused run."""
     _quiet()
     settings = _settings(config)  # before the registry's imports: a mistake fails fast
-    from veloready_pipeline import review
+    from veloready_pipeline.lifecycle import review
 
     families = [family] if family else None
     pending = review.pending_challengers(settings, families=families)
@@ -124,7 +124,7 @@ def review_command(
     paused_ids = {r["id"] for r in paused}
 
     def can_ship(ch: Any) -> str | None:
-        from veloready_pipeline.rollout import export_record
+        from veloready_pipeline.lifecycle.manifests import export_record
 
         if ch.flow_run_id in paused_ids:
             return None  # the resumed run exports and publishes it
@@ -162,7 +162,7 @@ def review_command(
 
 def _decisions(approve_all: bool, approve: list[str], reject: list[str], reason: str | None,
                reviewer: str) -> list[Any]:
-    from veloready_pipeline.review import ReviewDecision
+    from veloready_pipeline.lifecycle.review import ReviewDecision
 
     if approve_all and approve:
         typer.secho("use either --approve-all or --approve, not both", fg="red", err=True)
@@ -198,7 +198,7 @@ def _answer(decisions: list[Any]) -> dict[str, Any]:
 def _publish_direct(settings: Any, applied: list[Any], pending: list[Any],
                     paused_ids: set[str]) -> None:
     """Republish manifests of approvals no paused run will publish."""
-    from veloready_pipeline.rollout import publish_athlete
+    from veloready_pipeline.lifecycle.publish import publish_athlete
 
     by_key = {(c.name, c.version): c for c in pending}
     athletes = sorted({a.athlete_id for a in applied if a.verdict == "approved"
@@ -220,7 +220,7 @@ def rollback_command(
     """Move an athlete's champion back and republish the signed manifest."""
     _quiet()
     settings = _settings(config)  # before the registry's imports: a mistake fails fast
-    from veloready_pipeline.rollout import RolloutError, rollback_champion
+    from veloready_pipeline.lifecycle.rollout import RolloutError, rollback_champion
 
     try:
         out = rollback_champion(settings, athlete, family, reason=reason, actor=_who(by),
@@ -248,7 +248,7 @@ def ota_promote(
         public_key_path,
         verify_path,
     )
-    from veloready_pipeline.rollout import RolloutError, promote_rollout
+    from veloready_pipeline.lifecycle.rollout import RolloutError, promote_rollout
 
     _quiet()
     settings = _settings(config)

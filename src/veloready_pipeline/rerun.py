@@ -192,13 +192,13 @@ class _Checker:
 
     def client(self) -> Any:
         if self._client is None:
-            from veloready_pipeline.registry import configure_mlflow
+            from veloready_pipeline.lifecycle.store import configure_mlflow
 
             self._client = configure_mlflow(self.settings)
         return self._client
 
     def problem(self, family: str, athlete_id: str, saved: dict[str, str]) -> str | None:
-        from veloready_pipeline.registry import model_aliases
+        from veloready_pipeline.lifecycle.store import model_aliases
 
         now = model_aliases(self.client(), self.settings, family, athlete_id)
         if now != saved:
@@ -215,7 +215,7 @@ class _Checker:
                 or self._manifest_problem(family, athlete_id, champion))
 
     def _export_problem(self, family: str, athlete_id: str, version: str) -> str | None:
-        from veloready_pipeline.rollout import export_record
+        from veloready_pipeline.lifecycle.manifests import export_record
 
         try:
             rec = export_record(self.settings, family, athlete_id, version)
@@ -268,7 +268,7 @@ def save(settings: Settings, fingerprints: dict[str, str], rows: list[dict[str, 
     (which may be transient) leaves no record, so the next run trains the family again.
     """
     from veloready_pipeline.fsio import atomic_write_text
-    from veloready_pipeline.registry import configure_mlflow, model_aliases
+    from veloready_pipeline.lifecycle.store import configure_mlflow, model_aliases
 
     client = None
     saved = []

@@ -35,14 +35,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from veloready_pipeline.export.coreml import (
+from veloready_pipeline.export.mlprogram import (
     COREML_VARIANTS,
-    _ct,
-    _quiet,
     compress_mlmodel,
     convert_torch_mlmodel,
+    ct_call,
+    ct_module,
 )
 
+# torch and coremltools are imported inside the functions that use them: heavy optional
+# libraries (seconds to import) that only the export stage needs.
 if TYPE_CHECKING:
     import torch
 
@@ -96,10 +98,10 @@ class QuantReport:
 
 
 def _load_program(path: Path) -> Any:
-    ct = _ct()
+    ct = ct_module()
     from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
 
-    with _quiet():
+    with ct_call():
         mlmodel = ct.models.MLModel(str(path), skip_model_load=True)
         spec = mlmodel.get_spec()
         if spec.WhichOneof("Type") != "mlProgram":
@@ -298,13 +300,13 @@ def read_back_state_dict(module: torch.nn.Module, package_path: Path
         elif w.compression != "none":
             leftovers.append(w)
     for w in leftovers:
-        key = _match_by_value(w, module, set(compression))
-        if key is None:
+        matched = _match_by_value(w, module, set(compression))
+        if matched is None:
             unmapped.append(w.name)
             continue
-        state[key] = torch.from_numpy(w.value.copy()).to(state[key].dtype)
-        compression[key] = w.compression
-        details[key] = w.details
+        state[matched] = torch.from_numpy(w.value.copy()).to(state[matched].dtype)
+        compression[matched] = w.compression
+        details[matched] = w.details
     if unmapped:
         raise ValueError(f"{package_path}: compressed tensors {unmapped} map to no parameter "
                          "of the module; the quantized weights cannot be evaluated in PyTorch")
@@ -405,14 +407,14 @@ def dequantized_state_dict(module: torch.nn.Module, variant: str,
                              variant)
     with tempfile.TemporaryDirectory(prefix="veloready-quant-") as tmp:
         path = Path(tmp) / f"model_{variant}.mlpackage"
-        with _quiet():
+        with ct_call():
             model.save(str(path))
         return read_back_state_dict(module, path)[0]
 
 
 def _package_variant(path: Path) -> str | None:
-    ct = _ct()
-    with _quiet():
+    ct = ct_module()
+    with ct_call():
         spec = ct.utils.load_spec(str(path))
     return spec.description.metadata.userDefined.get("veloready.variant")
 

@@ -8,6 +8,8 @@ RMSE on the test days.
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,9 +79,33 @@ class RecoveryFamily(ModelFamily):
 
     def export(self, result: ModelResult, folder: Path, name: str,
                settings: Settings) -> dict[str, Any]:
-        from veloready_pipeline.publish import export_recovery
-
         return export_recovery(result, folder, name)
+
+
+def export_recovery(result: ModelResult, out_dir: Path, name: str) -> dict[str, Any]:
+    """Float32 Core ML tree ensemble + ONNX, with parity checked on the test rows."""
+    from veloready_pipeline.export.coreml import export_xgboost
+
+    sample = np.asarray(result.test_X, dtype=np.float32)
+    # The rider's own baseline constants: the app computes the relative inputs with them.
+    meta = ({"veloready.athlete_baseline": json.dumps(result.extra["athlete_baseline"],
+                                                      sort_keys=True)}
+            if result.extra.get("athlete_baseline") else None)
+    arts = export_xgboost(result.model, result.feature_names, out_dir, name, sample,
+                          metadata=meta)
+
+    def as_dict(a: Any) -> dict[str, Any]:
+        d = asdict(a)
+        d["path"] = str(d["path"])
+        return d
+
+    return {
+        "family": result.family,
+        "shipped": "coreml",
+        "quantization": "float32",
+        "artifacts": {k: as_dict(v) for k, v in arts.items()},
+        "gate_metrics": {k: float(v) for k, v in result.metrics.items()},
+    }
 
 
 RECOVERY = RecoveryFamily()

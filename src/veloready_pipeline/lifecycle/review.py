@@ -15,7 +15,8 @@ Every decision, automatic or human, is kept as tags on the model version:
 ``review_decision`` (``approved``, ``rejected``, ``auto_promoted``, ``auto_kept``),
 ``reviewer``, ``reviewed_at``, ``reason`` and ``review_source`` (``auto``, ``prefect-ui``,
 ``cli``). An approved challenger becomes champion at the configured initial rollout
-percentage (see `veloready_pipeline.rollout`).
+percentage (see `veloready_pipeline.lifecycle.rollout`); the tag names and the
+functions that write them live in `veloready_pipeline.lifecycle.store`.
 """
 
 from __future__ import annotations
@@ -28,11 +29,25 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from veloready_pipeline.config import Settings
-from veloready_pipeline.rollout import champion_tags, mark_champion, now_iso
+from veloready_pipeline.lifecycle.store import (
+    CHALLENGER,
+    CHAMPION,
+    TAG_CHAMPION_DECISION,
+    TAG_CHAMPION_LOSS,
+    TAG_DECISION,
+    TAG_GATE_VERDICT,
+    TAG_NEW_LOSS,
+    TAG_REASON,
+    TAG_REVIEWER,
+    alias_version,
+    champion_tags,
+    configure_mlflow,
+    decision_tags,
+    mark_champion,
+)
 
 DecisionKind = Literal["approve_all", "approve_listed", "reject"]
 DECISIONS: tuple[str, ...] = ("approve_all", "approve_listed", "reject")
-TAG_DECISION = "review_decision"
 METRIC_ORDER = ("rmse", "mae", "r2", "auroc", "brier", "val_rmse")
 
 
@@ -106,13 +121,6 @@ class Challenger:
     plot_uri: str = ""
 
 
-def _alias(client: MlflowClient, name: str, alias: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
-
-
 def _tag_metrics(tags: dict[str, str]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, value in tags.items():
@@ -133,8 +141,6 @@ def _float(value: str | None) -> float | None:
 
 def _challenger(client: MlflowClient, name: str, version: str) -> Challenger | None:
     """The review record of a version, or None if it is not pending."""
-    from veloready_pipeline.registry import CHAMPION
-
     mv = client.get_model_version(name, version)
     if TAG_DECISION in mv.tags:
         return None
@@ -151,7 +157,7 @@ def _challenger(client: MlflowClient, name: str, version: str) -> Challenger | N
             plot_uri = f"{run.info.artifact_uri}/{plots[0]}" if plots else ""
         except MlflowException:
             pass
-    champ = _alias(client, name, CHAMPION)
+    champ = alias_version(client, name, CHAMPION)
     champ_metrics = (_tag_metrics(client.get_model_version(name, champ).tags)
                      if champ is not None else {})
     metrics = _tag_metrics(mv.tags) or {k: v for k, v in run_metrics.items()
@@ -166,12 +172,12 @@ def _challenger(client: MlflowClient, name: str, version: str) -> Challenger | N
         metrics=metrics,
         baselines={k.removeprefix("baseline_"): v for k, v in run_metrics.items()
                    if k.startswith("baseline_")},
-        gate_verdict=mv.tags.get("gate_verdict", ""),
-        recommendation=mv.tags.get("champion_decision", ""),
+        gate_verdict=mv.tags.get(TAG_GATE_VERDICT, ""),
+        recommendation=mv.tags.get(TAG_CHAMPION_DECISION, ""),
         champion_version=champ,
         champion_metrics=champ_metrics,
-        new_loss_same_test=_float(mv.tags.get("new_loss_same_test")),
-        champion_loss_same_test=_float(mv.tags.get("champion_loss_same_test")),
+        new_loss_same_test=_float(mv.tags.get(TAG_NEW_LOSS)),
+        champion_loss_same_test=_float(mv.tags.get(TAG_CHAMPION_LOSS)),
         data_window=f"{run_tags.get('data_start', '?')} .. {run_tags.get('data_end', '?')}",
         plot_uri=plot_uri,
     )
@@ -186,8 +192,6 @@ def pending_challengers(settings: Settings, *, client: MlflowClient | None = Non
         athletes: keep only these athletes.
         families: keep only these families.
     """
-    from veloready_pipeline.registry import CHALLENGER, configure_mlflow
-
     client = client or configure_mlflow(settings)
     prefix = settings.registry_prefix
     out: list[Challenger] = []
@@ -216,14 +220,12 @@ def pending_challengers(settings: Settings, *, client: MlflowClient | None = Non
 def challengers_of(outcomes: Iterable[Any], settings: Settings,
                    client: MlflowClient | None = None) -> list[Challenger]:
     """The pending challengers among one run's registry outcomes."""
-    from veloready_pipeline.registry import CHALLENGER, configure_mlflow
-
     client = client or configure_mlflow(settings)
     out = []
     for o in outcomes:
         if o.version is None or o.registered_name is None:
             continue
-        if _alias(client, o.registered_name, CHALLENGER) != str(o.version):
+        if alias_version(client, o.registered_name, CHALLENGER) != str(o.version):
             continue
         ch = _challenger(client, o.registered_name, str(o.version))
         if ch is not None:
@@ -233,19 +235,11 @@ def challengers_of(outcomes: Iterable[Any], settings: Settings,
 
 def _write_decision(client: MlflowClient, name: str, version: str, *, decision: str,
                     reviewer: str, reason: str, source: str) -> None:
-    from veloready_pipeline.registry import CHALLENGER
-
     for key, value in decision_tags(decision=decision, reviewer=reviewer, reason=reason,
                                     source=source).items():
         client.set_model_version_tag(name, version, key, value)
-    if _alias(client, name, CHALLENGER) == str(version):
+    if alias_version(client, name, CHALLENGER) == str(version):
         client.delete_registered_model_alias(name, CHALLENGER)
-
-
-def decision_tags(*, decision: str, reviewer: str, reason: str, source: str) -> dict[str, str]:
-    """The version tags that record a review decision."""
-    return {TAG_DECISION: decision, "reviewer": reviewer, "reviewed_at": now_iso(),
-            "reason": reason[:4000], "review_source": source}
 
 
 def auto_decision_tags(outcome: Any, settings: Settings) -> dict[str, str]:
@@ -253,7 +247,7 @@ def auto_decision_tags(outcome: Any, settings: Settings) -> dict[str, str]:
 
     Written with the new version itself (one registry write, not one per tag): the
     decision tags and, when the version becomes champion, the rollout tags
-    `veloready_pipeline.rollout.mark_champion` would write.
+    `veloready_pipeline.lifecycle.store.mark_champion` would write.
     """
     decision = "auto_promoted" if outcome.champion else "auto_kept"
     tags: dict[str, str] = {}
@@ -310,14 +304,12 @@ def apply_decision(settings: Settings, decision: ReviewDecision,
         can_ship: optional ``Challenger -> str | None``; a returned message blocks the
             approval of that challenger (e.g. it has no export to publish).
     """
-    from veloready_pipeline.registry import CHAMPION, configure_mlflow
-
     decision.validate()
     client = client or configure_mlflow(settings)
     applied: list[AppliedDecision] = []
     for ch in pending:
         verdict = decision.verdict_for(ch.athlete_id)
-        current = _alias(client, ch.name, CHAMPION)
+        current = alias_version(client, ch.name, CHAMPION)
         if verdict is None:
             applied.append(AppliedDecision(ch.athlete_id, ch.family, ch.name, ch.version,
                                            "pending", current, "not named: left pending"))
@@ -347,22 +339,20 @@ def apply_decision(settings: Settings, decision: ReviewDecision,
 def refresh_outcomes(outcomes: Iterable[Any], settings: Settings,
                      client: MlflowClient | None = None) -> list[Any]:
     """Bring a run's registry outcomes up to date after a review (champion, decision)."""
-    from veloready_pipeline.registry import CHALLENGER, CHAMPION, configure_mlflow
-
     client = client or configure_mlflow(settings)
     out = []
     for o in outcomes:
         if o.registered_name is not None:
-            o.champion_version = _alias(client, o.registered_name, CHAMPION)
+            o.champion_version = alias_version(client, o.registered_name, CHAMPION)
             o.champion = o.version is not None and o.champion_version == str(o.version)
-            o.challenger = (o.version is not None
-                            and _alias(client, o.registered_name, CHALLENGER) == str(o.version))
+            challenger = alias_version(client, o.registered_name, CHALLENGER)
+            o.challenger = o.version is not None and challenger == str(o.version)
             if o.version is not None:
                 tags = client.get_model_version(o.registered_name, str(o.version)).tags
                 o.review_decision = tags.get(TAG_DECISION, "pending")
                 if o.review_decision in ("approved", "rejected"):
-                    o.decision = (f"{o.review_decision} by {tags.get('reviewer', '?')}: "
-                                  f"{tags.get('reason', '')}")
+                    o.decision = (f"{o.review_decision} by {tags.get(TAG_REVIEWER, '?')}: "
+                                  f"{tags.get(TAG_REASON, '')}")
         out.append(o)
     return out
 

@@ -1,4 +1,4 @@
-"""MLflow tracking and model registry.
+"""MLflow tracking and model registry: log, register, decide the champion.
 
 One MLflow run per athlete model (passing or not) with params, metrics, the gate
 verdict, data window, lineage and a residual plot. Passing models are registered as a
@@ -17,9 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,18 +31,34 @@ from typing import Any
 import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils import environment as mlenv
 
 import mlflow
 from veloready_pipeline import __version__
 from veloready_pipeline.config import Settings
 from veloready_pipeline.ids import athlete_key
+from veloready_pipeline.lifecycle.review import auto_decision_tags
+from veloready_pipeline.lifecycle.store import (
+    CHALLENGER,
+    CHAMPION,
+    EXPERIMENT,
+    TAG_CHAMPION_DECISION,
+    TAG_CHAMPION_LOSS,
+    TAG_DECISION,
+    TAG_GATE_VERDICT,
+    TAG_NEW_LOSS,
+    TAG_PREVIOUS,
+    TAG_ROLLED_BACK,
+    TAG_WITHDRAWN,
+    alias_version,
+    configure_mlflow,
+    registered_name,
+)
 from veloready_pipeline.results import ModelResult
 
-EXPERIMENT = "veloready-weekly-training"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 PIP_REQUIREMENTS = {
     "xgboost": ["xgboost-cpu==3.2.0"],
     "torch": ["torch==2.13.0"],
@@ -63,90 +82,6 @@ class RegistryOutcome:
     previous_champion: str | None = None
     review_decision: str = ""
     artifacts: dict[str, str] = field(default_factory=dict)
-
-
-def registered_name(settings: Settings, family: str, athlete_id: str) -> str:
-    """The registered model's name, findable by a person: ``veloready-recovery-sim-0001``.
-
-    The athlete part is `ids.athlete_key` (a plain id as it is, any other id as a slug
-    plus a hash of the exact id), so ``x y`` and ``x-y`` never share a model.
-    """
-    return f"{settings.registry_prefix}-{family}-{athlete_key(athlete_id)}"
-
-
-class _RegistryClient(MlflowClient):
-    """An `MlflowClient` that checks "is this name a prompt?" once per name, not per write.
-
-    MLflow 3 re-reads the whole registered model (versions, tags, aliases) before every
-    version-tag or alias write to refuse prompts. Registering one version writes ~15 of
-    them, so the repeated check cost more than the writes themselves (19 reads, ~175 ms
-    of CPU per model here). A name found not to be a prompt stays so for the run.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._checked_not_prompt: set[str] = set()
-
-    def _raise_if_prompt(self, name: str) -> None:
-        if name in self._checked_not_prompt:
-            return
-        super()._raise_if_prompt(name)
-        self._checked_not_prompt.add(name)
-
-
-def configure_mlflow(settings: Settings) -> MlflowClient:
-    """Point MLflow at the configured store and make sure the experiment exists."""
-    uri = settings.mlflow_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client, experiment = _connect(uri)
-    if experiment is None:
-        root = settings.mlflow_artifact_root()
-        try:
-            client.create_experiment(EXPERIMENT, artifact_location=f"{root}/{EXPERIMENT}",
-                                     tags=TRAINING_EXPERIMENT_TAGS)
-        except MlflowException:
-            pass  # created concurrently by another writer
-    else:
-        mark_training_experiment(client, experiment)
-    mlflow.set_experiment(EXPERIMENT)
-    return client
-
-
-# MLflow 3's UI opens an experiment in its GenAI view (traces) unless the experiment
-# says it is model training: the `mlflow.experimentKind` tag picks the training view
-# (runs, metrics, models).
-TRAINING_EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-
-
-def mark_training_experiment(client: MlflowClient, experiment: Any) -> None:
-    """Tag an experiment created before the tag existed (once; a no-op afterwards)."""
-    tags = getattr(experiment, "tags", None) or {}
-    for key, value in TRAINING_EXPERIMENT_TAGS.items():
-        if tags.get(key) != value:
-            client.set_experiment_tag(experiment.experiment_id, key, value)
-
-
-def _connect(uri: str, attempts: int = 6) -> tuple[MlflowClient, Any]:
-    """A client and the experiment (or None), retrying while another process creates
-    MLflow's schema.
-
-    The first client on an empty PostgreSQL database creates MLflow's tables; parallel
-    workers starting together race on that and the losers fail ("already exists").
-    Retrying after a pause (the tables then exist) makes a cold start by several
-    writers safe.
-    """
-    for attempt in range(attempts):
-        try:
-            client = _RegistryClient(tracking_uri=uri, registry_uri=uri)
-            return client, client.get_experiment_by_name(EXPERIMENT)
-        except Exception:  # noqa: BLE001 - re-raised after the last attempt
-            if attempt == attempts - 1:
-                raise
-            time.sleep(1.0 * (attempt + 1))
-    raise AssertionError("unreachable")
 
 
 def fingerprint(result: ModelResult, settings: Settings, data_hash: str) -> str:
@@ -262,12 +197,14 @@ def _artifact_repo(client: MlflowClient, run: Any) -> Any:
     ``client.log_artifact(run_id, ...)`` looks the run up again (a store read) to find
     its artifact location; the run returned by ``create_run`` already has it.
     """
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
     return get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri)
 
 
 _REQUIREMENTS_CHECKED: set[tuple[str, ...]] = set()
+
+
+def _no_requirement_check(model_requirements: list[str]) -> None:
+    """Stands in for MLflow's requirement check once it ran in this process."""
 
 
 @contextmanager
@@ -278,15 +215,13 @@ def _requirements_checked_once(reqs: list[str]) -> Iterator[None]:
     (~25 ms a model, ~20 CPU-s a week at 1,000 athletes); the pins and the environment
     do not change between the models of one process, so later saves skip the check.
     """
-    import mlflow.utils.environment as mlenv
-
     key = tuple(reqs)
     check = getattr(mlenv, "warn_dependency_requirement_mismatches", None)
     if key not in _REQUIREMENTS_CHECKED or check is None:
         _REQUIREMENTS_CHECKED.add(key)
         yield
         return
-    mlenv.warn_dependency_requirement_mismatches = lambda _reqs: None
+    mlenv.warn_dependency_requirement_mismatches = _no_requirement_check
     try:
         yield
     finally:
@@ -301,8 +236,6 @@ def _log_model(client: MlflowClient, run: Any, result: ModelResult) -> str:
     dependency inference) without MLflow 3's logged-model bookkeeping (~10 extra
     store round trips per model).
     """
-    import tempfile
-
     reqs = PIP_REQUIREMENTS[result.model_kind]
     with (warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp,
           _requirements_checked_once(reqs)):
@@ -390,7 +323,10 @@ def register_results(
     """
     results = [r for r in results if r.status == "trained"]
     client = configure_mlflow(settings)  # schema + experiment before any worker starts
-    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        raise RuntimeError(f"MLflow experiment {EXPERIMENT!r} is missing after set-up")
+    experiment_id = experiment.experiment_id
     if known_runs is not None and known_runs.data_hash != data_hash:
         raise ValueError(f"known_runs holds data hash {known_runs.data_hash!r}, "
                          f"not {data_hash!r}")
@@ -432,7 +368,7 @@ def register_results(
             "family": result.family,
             "fingerprint": fp,
             "gate_passed": str(bool(verdict and verdict.passed)).lower(),
-            "gate_verdict": verdict.reason() if verdict else result.reason,
+            TAG_GATE_VERDICT: verdict.reason() if verdict else result.reason,
             "data_start": result.data_window.get("start", ""),
             "data_end": result.data_window.get("end", ""),
             "test_start": result.data_window.get("test_start", ""),
@@ -528,12 +464,9 @@ def _finish_aliases(client: MlflowClient, out: RegistryOutcome, name: str) -> No
     interrupted decision is stale and is withdrawn (tagged ``registration_withdrawn``;
     the version stays registered but is neither champion nor challenger).
     """
-    from veloready_pipeline.review import TAG_DECISION
-    from veloready_pipeline.rollout import TAG_PREVIOUS
-
     version = str(out.version)
-    champion = _alias_version(client, name, CHAMPION)
-    challenger = _alias_version(client, name, CHALLENGER)
+    champion = alias_version(client, name, CHAMPION)
+    challenger = alias_version(client, name, CHALLENGER)
     out.champion_version = champion
     out.champion = champion == version
     out.challenger = challenger == version
@@ -541,11 +474,11 @@ def _finish_aliases(client: MlflowClient, out: RegistryOutcome, name: str) -> No
     tags = client.get_model_version(name, version).tags
     decision = tags.get(TAG_DECISION)
     out.review_decision = decision or ""
-    manual = tags.get("champion_decision", "").startswith("pending review")
+    manual = tags.get(TAG_CHAMPION_DECISION, "").startswith("pending review")
     wanted = (CHAMPION if decision == "auto_promoted"
               else CHALLENGER if decision is None and manual else None)
-    if (out.champion or out.challenger or wanted is None or "rolled_back" in tags
-            or "registration_withdrawn" in tags):
+    if (out.champion or out.challenger or wanted is None or TAG_ROLLED_BACK in tags
+            or TAG_WITHDRAWN in tags):
         return
     newest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
     compared_with = tags.get(TAG_PREVIOUS) or None
@@ -556,7 +489,7 @@ def _finish_aliases(client: MlflowClient, out: RegistryOutcome, name: str) -> No
         stale = (f"the champion moved to v{champion} after it was compared with "
                  f"{'v' + compared_with if compared_with else 'no champion'}")
     if stale:
-        client.set_model_version_tag(name, version, "registration_withdrawn", stale)
+        client.set_model_version_tag(name, version, TAG_WITHDRAWN, stale)
         out.decision = (f"interrupted registration of v{version} withdrawn: {stale}; "
                         "neither champion nor challenger")
         return
@@ -565,7 +498,7 @@ def _finish_aliases(client: MlflowClient, out: RegistryOutcome, name: str) -> No
         out.champion, out.champion_version = True, version
         if challenger is not None:  # as `_register_version` does in auto mode
             client.delete_registered_model_alias(name, CHALLENGER)
-        reason = tags.get("champion_decision", "")
+        reason = tags.get(TAG_CHAMPION_DECISION, "")
     else:
         out.challenger, out.review_decision = True, "pending"
         reason = "awaiting review"
@@ -595,9 +528,6 @@ def _register_shard(args: tuple[list[ModelResult], Settings, dict[str, Any]]
 def _register_in_processes(results: list[ModelResult], settings: Settings, workers: int,
                            **kwargs: Any) -> list[RegistryOutcome]:
     """`register_results` over contiguous shards in ``workers`` local processes."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     size = -(-len(results) // workers)
     shards = [results[i : i + size] for i in range(0, len(results), size)]
     with ProcessPoolExecutor(len(shards),
@@ -689,13 +619,11 @@ def _register_version(
     verdict = result.verdict
     source = _log_model(client, run, result)
     auto = settings.review_mode == "auto"
-    tags = {"fingerprint": fp, "gate_verdict": verdict.reason() if verdict else "",
+    tags = {"fingerprint": fp, TAG_GATE_VERDICT: verdict.reason() if verdict else "",
             "run_id": str(out.run_id),
             **_flat("metric.", {k: f"{v:.4f}" for k, v in result.metrics.items()}),
             **_decide_champion(client, result, out, name, score_fn, move=auto)}
     if auto:
-        from veloready_pipeline.review import auto_decision_tags
-
         tags |= auto_decision_tags(out, settings)
     mv = _create_version(client, name, source, str(out.run_id), tags=tags)
     out.registered_name = name
@@ -708,7 +636,7 @@ def _register_version(
         client.delete_model_version(name, out.version)
         client.set_tag(str(out.run_id), "duplicate_of_version", first)
         out.version = first
-        out.champion_version = _alias_version(client, name, CHAMPION)
+        out.champion_version = alias_version(client, name, CHAMPION)
         out.champion = out.version == out.champion_version
         out.review_decision = ""
         out.decision = f"same work registered concurrently as v{first}; duplicate withdrawn"
@@ -719,28 +647,10 @@ def _register_version(
     if not auto:
         client.set_registered_model_alias(name, CHALLENGER, out.version)
         out.challenger = True
-    elif _alias_version(client, name, CHALLENGER) is not None:
+    elif alias_version(client, name, CHALLENGER) is not None:
         # A challenger left pending by an earlier manual-review run is superseded by
         # this decided version (the alias means "awaiting a decision").
         client.delete_registered_model_alias(name, CHALLENGER)
-
-
-def model_aliases(client: MlflowClient, settings: Settings, family: str,
-                  athlete_id: str) -> dict[str, str]:
-    """The ``champion``/``challenger`` aliases of one athlete's model ({} if none)."""
-    try:
-        model = client.get_registered_model(registered_name(settings, family, athlete_id))
-    except MlflowException:
-        return {}
-    aliases = getattr(model, "aliases", None) or {}
-    return {a: str(v) for a, v in sorted(aliases.items()) if a in (CHAMPION, CHALLENGER)}
-
-
-def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
 
 
 def _decide_champion(
@@ -756,10 +666,10 @@ def _decide_champion(
     Sets ``out.champion`` (the new version should become champion), the previous
     champion and the decision text; moves nothing (the caller moves the alias once
     the version exists). With ``move`` False (manual review) the comparison is only
-    recorded as a recommendation: the reviewer decides and `veloready_pipeline.review`
-    moves the alias.
+    recorded as a recommendation: the reviewer decides and
+    `veloready_pipeline.lifecycle.review` moves the alias.
     """
-    current = _alias_version(client, name, CHAMPION)
+    current = alias_version(client, name, CHAMPION)
     out.previous_champion = current
     new_loss = score_fn(result, result.model)
     tags: dict[str, str] = {}
@@ -776,7 +686,7 @@ def _decide_champion(
             client.get_model_version(name, current)
             champ = _load_model(result.model_kind, f"models:/{name}/{current}")
             old_loss = score_fn(result, champ)
-            tags["champion_loss_same_test"] = f"{old_loss:.6f}"
+            tags[TAG_CHAMPION_LOSS] = f"{old_loss:.6f}"
         except Exception as exc:  # noqa: BLE001 - recorded in the decision
             old_loss = float("inf")
             out.decision = f"champion v{current} could not be re-scored ({exc}); "
@@ -793,8 +703,8 @@ def _decide_champion(
             out.champion, out.champion_version = False, current
             out.decision += (f"does not beat champion v{current} on the same test data "
                              f"({new_loss:.4f} >= {old_loss:.4f}); champion kept")
-    tags["champion_decision"] = out.decision
-    tags["new_loss_same_test"] = f"{new_loss:.6f}"
+    tags[TAG_CHAMPION_DECISION] = out.decision
+    tags[TAG_NEW_LOSS] = f"{new_loss:.6f}"
     return tags
 
 
@@ -806,23 +716,3 @@ def log_report(settings: Settings, folder: Path, flow_run_id: str) -> str:
                                 "prefect_flow_run_id": flow_run_id}) as run:
         mlflow.log_artifacts(str(folder), artifact_path="report")
         return str(run.info.run_id)
-
-
-def log_export_variants(settings: Settings, run_id: str, record: dict[str, Any],
-                        client: MlflowClient | None = None) -> None:
-    """Record each exported variant's size and gate-metric change on the model's run."""
-    client = client or configure_mlflow(settings)
-    metrics = []
-    for variant, info in record["variants"].items():
-        metrics.append(Metric(f"export_{variant}_size_bytes", float(info["size_bytes"]), 0, 0))
-        metrics.append(Metric(f"export_{variant}_size_ratio", float(info["size_ratio"]), 0, 0))
-        metrics.append(Metric(f"export_{variant}_metric_change", float(info["metric_change"]),
-                              0, 0))
-        for k, v in info["metrics"].items():
-            if v is not None and np.isfinite(v):
-                metrics.append(Metric(f"export_{variant}_{k}", float(v), 0, 0))
-    client.log_batch(run_id, metrics=metrics, tags=[
-        RunTag("shipped_variant", str(record["shipped"])),
-        RunTag("export_variants", json.dumps({v: {"passed": i["passed"], "verdict": i["verdict"]}
-                                              for v, i in record["variants"].items()})),
-    ])
