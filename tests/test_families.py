@@ -85,10 +85,10 @@ def test_toy_family_gate_refuses_an_impossibly_tight_threshold(toy_family) -> No
 def test_toy_family_train_gate_register_export_and_sign(toy_family, veloready_home: Path
                                                         ) -> None:
     from veloready_pipeline.export.ota import load_public_key, public_key_path, verify_path
+    from veloready_pipeline.lifecycle.publish import export_registered, publish_manifests
+    from veloready_pipeline.lifecycle.registry import register_results
+    from veloready_pipeline.lifecycle.review import shippable
     from veloready_pipeline.plots import model_svg
-    from veloready_pipeline.publish import export_registered, publish_manifests
-    from veloready_pipeline.registry import register_results
-    from veloready_pipeline.review import shippable
 
     settings = load_settings(families=["toy_sleep"],
                              export={"quantizations": ["linear8"], "max_size_ratio": 1.0})
@@ -114,7 +114,7 @@ def test_toy_family_train_gate_register_export_and_sign(toy_family, veloready_ho
         assert all(Path(a["path"]).exists() for a in rec["artifacts"].values())
         assert rec["variants"][rec["shipped"]]["passed"]
 
-    manifests = publish_manifests(exports, outcomes, settings)
+    manifests = publish_manifests(outcomes, settings)
     assert set(manifests) == set(registered)
     key = load_public_key(public_key_path(settings.resolve(settings.paths.signing_key)))
     reports = verify_path(settings.resolve(settings.paths.ota_dir), key)  # raises if bad
