@@ -12,4 +12,4 @@ if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432
   fi
 fi
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest --cov=veloready_pipeline --cov-report=term:skip-covered "$@"
