@@ -4,42 +4,30 @@
 ``review_mode: auto`` it does nothing (the registry already decided and tagged). In
 ``manual`` mode it publishes the pending challengers next to their champions as a
 Markdown artifact, pauses the flow run until a reviewer answers (the Prefect UI shows
-a form for `ReviewInput`; ``veloready registry review`` resumes the run with the same
-input), then records the decision on the model versions.
+a form for `veloready_pipeline.review_runs.ReviewInput`; ``veloready registry review``
+resumes the run with the same input), then records the decision on the model versions.
 
 The pause runs in the flow itself (not in a task) because Prefect pauses flow runs.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
 from prefect.runtime import flow_run
-from pydantic import Field
 
 from veloready_pipeline.config import Settings
 from veloready_pipeline.lifecycle import review
+from veloready_pipeline.review_runs import ReviewInput, has_api
 
 PAUSE_KEY = "challenger-review"
 MAX_ASKS = 3
 FORM_ROWS = 50
-
-
-class ReviewInput(RunInput):
-    """The reviewer's answer (the form the Prefect UI shows on a paused weekly run)."""
-
-    decision: Literal["approve_all", "approve_listed", "reject"] = Field(
-        description="approve_all, approve_listed (the athletes below) or reject "
-        "(the athletes below, or every pending challenger when none is listed)")
-    athletes: list[str] = Field(default_factory=list, description="athlete ids")
-    reason: str = Field(default="", description="why (required to reject)")
-    reviewer: str = Field(default="", description="who decides")
 
 
 @task(name="list-challengers", cache_policy=NO_CACHE)
@@ -67,12 +55,6 @@ def refresh_review_state(outcomes: list[Any], settings: Settings) -> list[Any]:
     return review.refresh_outcomes(outcomes, settings)
 
 
-def _has_api() -> bool:
-    from prefect.settings import get_current_settings
-
-    return bool(get_current_settings().api.url)
-
-
 def review_challengers(outcomes: list[Any], settings: Settings) -> list[Any]:
     """Stage "review" of the weekly flow; returns the outcomes with decisions applied.
 
@@ -91,7 +73,7 @@ def review_challengers(outcomes: list[Any], settings: Settings) -> list[Any]:
                                       timeout_s=settings.review_timeout_s)
     create_markdown_artifact(key="review-challengers", markdown=markdown,
                              description=f"{len(pending)} challengers awaiting review")
-    if not _has_api():
+    if not has_api():
         logger.warning("review: %d challengers pending, but no Prefect server is configured "
                        "(PREFECT_API_URL) to pause for a reviewer; decide later with "
                        "`veloready registry review`", len(pending))
@@ -133,40 +115,3 @@ def review_challengers(outcomes: list[Any], settings: Settings) -> list[Any]:
 def shippable_outcomes(outcomes: list[Any]) -> list[Any]:
     """What the export stage may export: everything but rejected challengers."""
     return review.shippable(outcomes)
-
-
-def find_paused_reviews(flow_name: str = "weekly-training") -> list[dict[str, Any]]:
-    """Flow runs of ``flow_name`` that are paused (waiting for a reviewer), newest first.
-
-    Returns an empty list when no Prefect server is configured.
-    """
-    if not _has_api():
-        return []
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType.PAUSED]))),
-        )
-    runs = sorted(runs, key=lambda r: str(r.created or ""), reverse=True)
-    return [{"id": str(r.id), "name": r.name, "created": str(r.created)} for r in runs]
-
-
-def resume_review(flow_run_id: str, answer: dict[str, Any]) -> None:
-    """Resume a paused weekly run with a reviewer's answer (validated by the server)."""
-    from uuid import UUID
-
-    from prefect.flow_runs import resume_flow_run
-
-    ReviewInput(**answer)  # same validation as the UI form, before anything is sent
-    resume_flow_run(UUID(flow_run_id), run_input=answer)

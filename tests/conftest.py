@@ -72,6 +72,7 @@ TIERS: dict[str, str] = {
     "test_briefs_store.py::test_postgres_url_works": INTEGRATION,
     "test_cli_errors.py": INTEGRATION,  # the real CLI in subprocesses
     "test_cli_errors.py::test_prefect_server_ends_with_a_killed_cli": FLOW,
+    "test_cli_project.py": INTEGRATION,  # imports the flows; one fresh interpreter
     "test_config.py": UNIT,
     "test_dask_runner.py": FLOW,
     "test_data_notes.py": UNIT,

@@ -162,7 +162,7 @@ def test_deployments():
 
 @pytest.mark.slow  # Prefect test harness (local API server)
 def test_cli_writes_summary_json(prefect_api, canonical_file, tmp_path, monkeypatch):
-    from veloready_pipeline.briefs.cli import briefs_command
+    from veloready_pipeline.cli.briefs import briefs_command
 
     config = tmp_path / "config.yaml"
     config.write_text(
@@ -186,7 +186,7 @@ def test_cli_writes_summary_json(prefect_api, canonical_file, tmp_path, monkeypa
 
 
 def test_cli_rejects_a_bad_date(tmp_path):
-    from veloready_pipeline.briefs.cli import briefs_command
+    from veloready_pipeline.cli.briefs import briefs_command
 
     app = typer.Typer()
     app.command("briefs")(briefs_command)

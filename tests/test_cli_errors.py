@@ -195,7 +195,7 @@ def test_report_refuses_a_not_started_summary(home: Path) -> None:
 
 PARENT = """
 import subprocess, sys, time
-from veloready_pipeline.cli import start_child_guard
+from veloready_pipeline.cli.errors import start_child_guard
 if sys.argv[1] == "guard":
     start_child_guard()
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])

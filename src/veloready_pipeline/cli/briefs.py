@@ -1,19 +1,21 @@
 """`veloready briefs`: run the daily brief flow once and say where the briefs are.
 
-The lead's CLI registers `briefs_command` as ``app.command("briefs")``. Prefect and the
-flow are imported only when the command runs.
+Prefect and the flow (loaded by entrypoint) are imported only when the command runs.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional  # noqa: UP035 - typer reads Optional[...] annotations
 
 import typer
 
+from veloready_pipeline.cli import common
+from veloready_pipeline.cli.project import load_flow
+
 MAX_PRINTED_ROWS = 40
+BRIEFS = "flows/daily_briefs.py:daily_briefs"
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -59,8 +61,7 @@ def briefs_command(
     athletes: Optional[str] = typer.Option(None, "--athletes", help="comma separated"),  # noqa: UP045
 ) -> None:
     """Precompute the daily briefs (LLM when configured, else the rules engine)."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    common.quiet_warnings()
     from pydantic import ValidationError
 
     from veloready_pipeline.briefs.service import parse_brief_date
@@ -75,11 +76,9 @@ def briefs_command(
         day = date if date == "latest" else parse_brief_date(date).isoformat()
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--date") from exc
-    ids = [a.strip() for a in athletes.split(",") if a.strip()] if athletes else None
+    ids = common.csv(athletes)
 
-    from flows.daily_briefs import daily_briefs
-
-    summary = daily_briefs(date=day, athlete_ids=ids, data=data, settings=settings)
+    summary = load_flow(BRIEFS)(date=day, athlete_ids=ids, data=data, settings=settings)
     _print_summary(summary)
     if summary_json is not None:
         summary_json.parent.mkdir(parents=True, exist_ok=True)

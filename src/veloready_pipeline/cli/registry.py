@@ -1,4 +1,4 @@
-"""`veloready registry ...`, `veloready ota promote` and `veloready monitor`.
+"""`veloready registry review | rollback`.
 
 * ``registry review`` lists the challengers awaiting review (metrics next to the
   champion's) and, with ``--approve-all`` / ``--approve A,B`` / ``--reject A --reason``,
@@ -7,8 +7,6 @@
   the approved champions' manifests are republished here.
 * ``registry rollback ATHLETE FAMILY [--to VERSION] --reason ...`` moves ``champion``
   back and republishes the signed manifest; refusals exit with status 1.
-* ``ota promote ATHLETE FAMILY --percent P`` widens a staged rollout and re-signs.
-* ``monitor`` runs the live-monitoring flow once.
 
 Heavy modules (MLflow, Prefect) are imported inside the commands so ``--help`` stays
 fast and nothing happens at import time.
@@ -16,42 +14,16 @@ fast and nothing happens at import time.
 
 from __future__ import annotations
 
-import getpass
 import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from veloready_pipeline.cli import common
+
 registry_app = typer.Typer(no_args_is_help=True,
                            help="Model registry: review challengers, roll back champions.")
-
-
-def _settings(config: Path | None) -> Any:
-    from veloready_pipeline.config import load_settings
-
-    # A settings mistake raises ConfigError: `veloready` prints its one line, exit code 2.
-    return load_settings(config)
-
-
-def _csv(value: str | None) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else []
-
-
-def _who(name: str | None) -> str:
-    if name and name.strip():
-        return name.strip()
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no login name in some containers
-        return "unknown"
-
-
-def _quiet() -> None:
-    import os
-
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
 def _fmt(x: float | None) -> str:
@@ -77,42 +49,9 @@ def _print_pending(pending: list[Any]) -> None:
             typer.echo(f"  {'':<14} {c.recommendation}")
 
 
-@registry_app.command("review")
-def review_command(
-    approve_all: bool = typer.Option(False, "--approve-all", help="approve every challenger"),
-    approve: str | None = typer.Option(None, "--approve", help="ATHLETE[,ATHLETE...]"),
-    reject: str | None = typer.Option(None, "--reject", help="ATHLETE[,ATHLETE...]"),
-    reason: str | None = typer.Option(None, "--reason",
-                                      help="why (required to reject; with --approve and "
-                                      "--reject it explains the rejection)"),
-    reviewer: str | None = typer.Option(None, "--reviewer", help="who decides (default: $USER)"),
-    family: str | None = typer.Option(None, "--family", help="only this family"),
-    flow_run: str | None = typer.Option(None, "--flow-run",
-                                        help="resume this paused run (default: the runs "
-                                        "whose challengers were decided)"),
-    config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
-) -> None:
-    """List challengers pending review; approve or reject them and resume a paused run."""
-    _quiet()
-    settings = _settings(config)  # before the registry's imports: a mistake fails fast
-    from veloready_pipeline.lifecycle import review
-
-    families = [family] if family else None
-    pending = review.pending_challengers(settings, families=families)
-    _print_pending(pending)
-    if not (approve_all or approve or reject):
-        return
-    decisions = _decisions(approve_all, _csv(approve), _csv(reject), reason, _who(reviewer))
-    try:
-        for d in decisions:
-            d.validate()
-            if d.athletes:
-                review.check_listed(d, pending)
-    except review.ReviewError as exc:
-        typer.secho(f"review refused: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
-
-    from tasks.review import find_paused_reviews, resume_review
+def _paused_runs(flow_run: str | None) -> list[dict[str, Any]]:
+    """The paused weekly runs (only ``flow_run`` when given; exit 2 if it is not one)."""
+    from veloready_pipeline.review_runs import find_paused_reviews
 
     paused = find_paused_reviews()
     if flow_run:
@@ -121,7 +60,13 @@ def review_command(
             typer.secho(f"flow run {flow_run} is not a paused weekly-training run", fg="red",
                         err=True)
             raise typer.Exit(2)
-    paused_ids = {r["id"] for r in paused}
+    return paused
+
+
+def _apply(settings: Any, decisions: list[Any], pending: list[Any],
+           paused_ids: set[str]) -> tuple[list[Any], bool]:
+    """Record the decisions; print each one; whether any approval was left pending."""
+    from veloready_pipeline.lifecycle import review
 
     def can_ship(ch: Any) -> str | None:
         from veloready_pipeline.lifecycle.manifests import export_record
@@ -144,6 +89,14 @@ def review_command(
             typer.secho(f"{a.athlete_id} {a.family} v{a.version}: {a.verdict}"
                         + (f" ({a.note})" if a.note else ""), fg=colour)
             blocked |= a.verdict == "pending"
+    return applied, blocked
+
+
+def _resume(paused: list[dict[str, Any]], flow_run: str | None, applied: list[Any],
+            pending: list[Any], decisions: list[Any]) -> None:
+    """Resume the paused runs whose challengers were decided (or ``--flow-run``)."""
+    from veloready_pipeline.review_runs import resume_review
+
     decided_runs = {ch.flow_run_id for ch in pending
                     for a in applied if a.verdict in ("approved", "rejected")
                     and (a.name, a.version) == (ch.name, ch.version)}
@@ -155,6 +108,47 @@ def review_command(
                    f"{json.dumps(answer)}; it exports and publishes the approved models")
     if not paused:
         typer.echo("no weekly run is paused for review: decisions recorded in the registry")
+
+
+def review_command(
+    approve_all: bool = typer.Option(False, "--approve-all", help="approve every challenger"),
+    approve: str | None = typer.Option(None, "--approve", help="ATHLETE[,ATHLETE...]"),
+    reject: str | None = typer.Option(None, "--reject", help="ATHLETE[,ATHLETE...]"),
+    reason: str | None = typer.Option(None, "--reason",
+                                      help="why (required to reject; with --approve and "
+                                      "--reject it explains the rejection)"),
+    reviewer: str | None = typer.Option(None, "--reviewer", help="who decides (default: $USER)"),
+    family: str | None = typer.Option(None, "--family", help="only this family"),
+    flow_run: str | None = typer.Option(None, "--flow-run",
+                                        help="resume this paused run (default: the runs "
+                                        "whose challengers were decided)"),
+    config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
+) -> None:
+    """List challengers pending review; approve or reject them and resume a paused run."""
+    common.quiet_warnings()
+    settings = common.load(config)  # before the registry's imports: fails fast
+    from veloready_pipeline.lifecycle import review
+
+    families = [family] if family else None
+    pending = review.pending_challengers(settings, families=families)
+    _print_pending(pending)
+    if not (approve_all or approve or reject):
+        return
+    decisions = _decisions(approve_all, common.csv(approve) or [], common.csv(reject) or [],
+                           reason, common.who(reviewer))
+    try:
+        for d in decisions:
+            d.validate()
+            if d.athletes:
+                review.check_listed(d, pending)
+    except review.ReviewError as exc:
+        typer.secho(f"review refused: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+    paused = _paused_runs(flow_run)
+    paused_ids = {r["id"] for r in paused}
+    applied, blocked = _apply(settings, decisions, pending, paused_ids)
+    _resume(paused, flow_run, applied, pending, decisions)
     _publish_direct(settings, applied, pending, paused_ids)
     if blocked:
         raise typer.Exit(1)
@@ -208,7 +202,6 @@ def _publish_direct(settings: Any, applied: list[Any], pending: list[Any],
         typer.echo(f"published {path}" if path else f"{aid}: nothing exported to publish")
 
 
-@registry_app.command("rollback")
 def rollback_command(
     athlete: str = typer.Argument(..., help="athlete id"),
     family: str = typer.Argument(..., help="recovery | zones | injury"),
@@ -218,13 +211,13 @@ def rollback_command(
     config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
 ) -> None:
     """Move an athlete's champion back and republish the signed manifest."""
-    _quiet()
-    settings = _settings(config)  # before the registry's imports: a mistake fails fast
+    common.quiet_warnings()
+    settings = common.load(config)  # before the registry's imports: fails fast
     from veloready_pipeline.lifecycle.rollout import RolloutError, rollback_champion
 
     try:
-        out = rollback_champion(settings, athlete, family, reason=reason, actor=_who(by),
-                                to_version=to)
+        out = rollback_champion(settings, athlete, family, reason=reason,
+                                actor=common.who(by), to_version=to)
     except RolloutError as exc:
         typer.secho(f"rollback refused: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc
@@ -233,69 +226,5 @@ def rollback_command(
     typer.echo(f"manifest: {out['manifest']}")
 
 
-def ota_promote(
-    athlete: str = typer.Argument(..., help="athlete id"),
-    family: str = typer.Argument(..., help="recovery | zones | injury"),
-    percent: int = typer.Option(..., "--percent", help="new share of devices, 1..100"),
-    reason: str = typer.Option("", "--reason", help="why (kept on the version)"),
-    by: str | None = typer.Option(None, "--by", help="who (default: $USER)"),
-    config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
-) -> None:
-    """Widen a champion's staged rollout and re-sign the athlete's manifest."""
-    from veloready_pipeline.export.ota import (
-        OTAVerificationError,
-        load_public_key,
-        public_key_path,
-        verify_path,
-    )
-    from veloready_pipeline.lifecycle.rollout import RolloutError, promote_rollout
-
-    _quiet()
-    settings = _settings(config)
-    try:
-        out = promote_rollout(settings, athlete, family, percent, actor=_who(by), reason=reason)
-    except RolloutError as exc:
-        typer.secho(f"promote refused: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from exc
-    try:
-        # With the configured key (the one that just signed it), never the embedded one.
-        trusted = load_public_key(public_key_path(settings.resolve(settings.paths.signing_key)))
-        rep = verify_path(Path(out["manifest"]), trusted)[0]
-    except OTAVerificationError as exc:
-        typer.secho(f"re-signed manifest does not verify: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from exc
-    typer.echo(f"{athlete} {family} v{out['version']}: {out['from_percent']} % -> "
-               f"{out['percent']} % ({out['channel']}); manifest re-signed (sequence "
-               f"{rep.sequence}, expires {rep.expires_at}) and verified: {out['manifest']}")
-
-
-def monitor_command(
-    data: str | None = typer.Option(None, "--data", help="file, folder or URL"),
-    as_of: str | None = typer.Option(None, "--as-of", help="evaluate up to this day"),
-    athletes: str | None = typer.Option(None, "--athletes", help="comma separated ids"),
-    config: Path | None = typer.Option(None, "--config", help="YAML settings file"),
-) -> None:
-    """Store today's champion predictions, score live metrics, flag drift (one run)."""
-    import datetime as dt
-
-    _quiet()
-    settings = _settings(config)
-    if as_of is not None:
-        try:
-            as_of = dt.date.fromisoformat(as_of).isoformat()
-        except ValueError as exc:
-            raise typer.BadParameter(f"{as_of!r} is not a calendar date YYYY-MM-DD ({exc})",
-                                     param_hint="--as-of") from exc
-    if data is not None and "://" not in data and not Path(data).exists():
-        raise typer.BadParameter(f"{data}: no such file or folder", param_hint="--data")
-    from flows.monitoring import daily_monitoring
-
-    out = daily_monitoring(settings=settings, data=data, as_of=as_of,
-                           athlete_ids=_csv(athletes) or None)
-    typer.echo(f"predictions stored: {out['predictions']['stored']} "
-               f"({out['predictions']['champions']} champions)")
-    typer.echo(f"flagged: {', '.join(out['flagged']) or 'none'} of {out['monitored']} monitored")
-    for aid, err in sorted(out["predictions"].get("errors", {}).items()):
-        typer.echo(f"  {aid}: prediction failed, not monitored: {err}", err=True)
-    for aid, action in out.get("actions", {}).items():
-        typer.echo(f"  {aid}: {action}")
+registry_app.command("review")(review_command)
+registry_app.command("rollback")(rollback_command)

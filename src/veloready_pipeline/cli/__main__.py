@@ -1,0 +1,5 @@
+"""``python -m veloready_pipeline.cli``: the same as the ``veloready`` command."""
+
+from veloready_pipeline.cli import app
+
+app()
