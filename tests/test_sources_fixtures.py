@@ -160,8 +160,7 @@ def _ingest(path: Path, mapping: Path | None = None):  # type: ignore[no-untyped
     from veloready_pipeline.config import Settings
     from veloready_pipeline.ingest import load_data, validate_ingested
 
-    settings = Settings()
-    settings.source.mapping = None if mapping is None else str(mapping)
+    settings = Settings(source={"mapping": None if mapping is None else str(mapping)})
     ingested = load_data(settings, data=str(path))
     return ingested, validate_ingested(ingested, settings)
 
@@ -213,8 +212,7 @@ def test_real_shaped_exports_train(prefect_api, tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setenv("VELOREADY_HOME", str(tmp_path))
     monkeypatch.setenv("VELOREADY_TUNING__N_TRIALS", "3")
-    settings = load_settings(None)
-    settings.source.mapping = None if mapping is None else str(mapping)
+    settings = load_settings(None, source={"mapping": None if mapping is None else str(mapping)})
     out = tmp_path / "summary.json"
     weekly_training(settings=settings, data=str(path), families=["recovery"],
                     summary_json=str(out), progress=False)

@@ -438,8 +438,7 @@ def test_missing_tokens_and_abc_reach_the_runs_data_notes(tmp_path: Path) -> Non
 
     f, m, cells = _token_export(tmp_path)
     assert cells[("b", 54)] == "abc"
-    settings = Settings()
-    settings.source.mapping = str(m)
+    settings = Settings(source={"mapping": str(m)})
     ingested = load_data(settings, data=str(f))
     assert ingested.source == "generic_csv"
     outcome = validate_ingested(ingested, settings)

@@ -118,9 +118,14 @@ def __getattr__(name: str) -> Any:
 
 
 class _Section(BaseModel):
-    """A settings section: an unknown key is an error, never silently ignored."""
+    """A settings section: an unknown key is an error, never silently ignored.
 
-    model_config = ConfigDict(extra="forbid")
+    Frozen, like `Settings`: settings are complete once validated. A change is made
+    before validation (`load_settings(**overrides)`) or as a validated copy
+    (``model_copy(update=...)``), never by assigning to a field.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def repo_root() -> Path:
@@ -325,7 +330,6 @@ class ExportSettings(_Section):
         description="a quantized network package ships only if at most this share of the "
         "float32 package's bytes (the point of quantizing for an OTA download)",
     )
-    ota_base_url: str = "https://models.veloready.app/ota"
     ota_validity_days: float = Field(
         default=30.0, gt=0, le=365,
         description="a signed OTA manifest expires this many days after it is issued "
@@ -482,6 +486,8 @@ class MonitoringSettings(_Section):
 class UISettings(BaseModel):
     """Where people look at the runs: links in artifacts and the README's UI commands."""
 
+    model_config = ConfigDict(frozen=True)
+
     mlflow_url: str = Field(
         default="http://127.0.0.1:5000",
         description="base URL of the MLflow UI (`mlflow ui --port 5000`) used for links to "
@@ -494,12 +500,13 @@ class UISettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    """The whole pipeline's configuration."""
+    """The whole pipeline's configuration (frozen once validated, see `_Section`)."""
 
     model_config = SettingsConfigDict(
         env_prefix="VELOREADY_",
         env_nested_delimiter="__",
         extra="forbid",
+        frozen=True,
     )
 
     seed: int = Field(default=7, ge=0, le=2**31 - 1)
@@ -512,7 +519,6 @@ class Settings(BaseSettings):
     recovery_target: str = Field(
         default="recovery_score", description="canonical column predicted for tomorrow"
     )
-    missing_family_inputs: Literal["skip", "train_on_available"] = "train_on_available"
     tracking_uri: str | None = Field(
         default=None, description="MLflow tracking URI; default sqlite under paths.mlflow_dir"
     )
