@@ -19,7 +19,6 @@ Stages (each a Prefect task over chunks of athletes):
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from tqdm import tqdm
@@ -40,17 +38,17 @@ from tasks.training import (
     ingest_data,
     publish_ota,
     register_models,
+    summarise_run,
     train_family_chunk,
     validate_data,
     write_report,
+    write_summary,
 )
-from veloready_pipeline import fsio, ingest, rerun
+from veloready_pipeline import ingest, rerun
 from veloready_pipeline.config import Settings, load_settings
 from veloready_pipeline.families import FAMILIES
 from veloready_pipeline.results import ModelResult
-from veloready_pipeline.sources.common import NoDataError
-from veloready_pipeline.summary import closing_text, counts_text, run_rows, status_counts
-from veloready_pipeline.validation import data_notes_markdown
+from veloready_pipeline.summary import closing_text, counts_text
 
 
 @dataclass
@@ -174,86 +172,49 @@ def weekly_training(
     # Every name a registered family, before any work (one line naming the setting).
     fams = FAMILIES.check(list(families or settings.families),
                           "families" if families else "settings families")
-    started = dt.datetime.now(dt.UTC)
-
-    ingested = ingest_data(settings, data, source)
-    ingest.check_training_window(ingested.frame, as_of, since)  # names the data's dates
-    outcome = validate_data(ingested, settings, as_of, since)
-    frame = ingest.select_athletes(ingest.cut_as_of(outcome.clean, as_of), athlete_ids)
-    quarantined = {aid: _first_failure(rep)
-                   for aid, rep in outcome.quarantined.items()
-                   if not athlete_ids or aid in athlete_ids}
-    logger.info("validated %d athletes: %d quarantined, %d training", outcome.n_athletes,
-                len(outcome.quarantined), frame["athlete_id"].nunique())
-    if frame.empty:  # nothing to train: say why, naming the data's dates
-        raise NoDataError(ingest.no_rows_message(
-            ingested.frame, outcome.clean, as_of, athlete_ids, since,
-            len(outcome.quarantined)))
-
     run_id = str(flow_run.get_id() or "local")
-    lineage = {
-        "prefect_flow_run_id": run_id,
-        "source": ingested.source,
-        "source_location": ingested.location,
-        "as_of": as_of or "",
-    }
-    digest = ingest.data_digest(frame) if len(frame) else "empty"
-    registry = RegistryArgs(digest, lineage,
-                            settings.resolve(settings.paths.reports_dir) / "plots" / run_id)
+    reports = settings.resolve(settings.paths.reports_dir)
+    run = {"run_id": run_id, "started_at": dt.datetime.now(dt.UTC).isoformat(),
+           "as_of": as_of,
+           "summary_path": str(Path(summary_json) if summary_json
+                               else reports / f"summary-{run_id}.json")}
+
+    ingested = ingest_data(settings, data, source)                            # 1 ingest
+    ingest.check_training_window(ingested.frame, as_of, since)  # names the data's dates
+    outcome = validate_data(ingested, settings, as_of, since)                  # 2 validate
+    batch = ingest.select_batch(ingested, outcome, as_of, since, athlete_ids)
+    run |= {"source": ingested.source, "data": ingested.location}
     # Families whose batch (rows, settings, code) is unchanged since its registered
     # models were trained and shipped are not retrained (see `rerun`).
-    plan = rerun.plan(frame, fams, settings, as_of, digest)
-    train_fams = plan.to_train(fams)
-    results, outcomes = [], []
-    if train_fams:
-        runner = make_task_runner(settings)
-        results, outcomes = train_chunks.with_options(task_runner=runner)(
-            ingest.AthleteRows.of(frame), train_fams, settings, None, progress, registry)
-    outcomes = review_challengers(outcomes, settings)
-    exports = export_models(0, results, shippable_outcomes(outcomes), settings)
-    manifests = publish_ota(outcomes, settings)
-
-    data_notes = {a: n for a, n in outcome.data_notes.items()
-                  if not athlete_ids or a in athlete_ids}
-    skipped = {a: why for a, why in outcome.skipped.items() if not athlete_ids or a in athlete_ids}
-    rows = run_rows(results, outcomes, exports, manifests, quarantined, skipped, plan.rows(),
-                    data_notes, fams)
-    counts = status_counts(rows)
-    recorded = rerun.save(settings, plan.fingerprints, rows, train_fams, run_id)
-    summary = {
-        "flow_run_id": run_id,
-        "started_at": started.isoformat(),
-        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
-        "as_of": as_of,
-        "source": ingested.source,
-        "data": ingested.location,
-        "families": fams,
-        "counts": counts,
-        "quarantined": quarantined,
-        "quarantine_dir": str(settings.resolve(settings.paths.quarantine_dir)),
-        "training_window": outcome.window,
-        "data_note_counts": outcome.note_counts(),
-        "data_notes": data_notes,
-        "mlflow_tracking_uri": settings.mlflow_tracking_uri(),
-        "ota_dir": str(settings.resolve(settings.paths.ota_dir)),
-        "rows": rows,
-        "rerun": {"unchanged": {f: st.get("flow_run_id") for f, st in plan.unchanged.items()},
-                  "trained": plan.reasons, "recorded": recorded},
-    }
-    out = Path(summary_json) if summary_json else (
-        settings.resolve(settings.paths.reports_dir) / f"summary-{run_id}.json")
-    summary["summary_path"] = str(out)
-    report = write_report(summary, settings.resolve(settings.paths.reports_dir) / run_id,
-                          settings)
-    summary["report"] = report
-    summary["pooled"] = report.get("pooled_metrics", {})
-    fsio.atomic_write_text(out, json.dumps(summary, indent=2, default=str))
-    create_markdown_artifact(
-        key="data-notes", markdown=data_notes_markdown(outcome.note_counts(), data_notes),
-        description="Masked values, dropped rows and every other data note of this run",
-    )
-    logger.info("done: %s; summary at %s", closing_text(counts, rows), out)
+    plan = rerun.plan(batch.frame, fams, settings, as_of, batch.digest)
+    trained = plan.to_train(fams)
+    results, outcomes = _train(batch, trained, settings, run, ingested, progress)  # 3-4
+    outcomes = review_challengers(outcomes, settings)                          # review
+    exports = export_models(0, results, shippable_outcomes(outcomes), settings)  # 5 export
+    manifests = publish_ota(outcomes, settings)                                # 6 publish
+    summary = summarise_run(run, batch, plan, fams, trained, results, outcomes,  # 7 report
+                            exports, manifests, settings)
+    report = write_report(summary, reports / run_id, settings)
+    summary = write_summary(summary, report, batch)
+    logger.info("done: %s; summary at %s", closing_text(summary["counts"], summary["rows"]),
+                summary["summary_path"])
     return summary
+
+
+def _train(batch: ingest.TrainingBatch, families: list[str], settings: Settings,
+           run: dict[str, Any], ingested: ingest.IngestResult, progress: bool,
+           ) -> tuple[list[ModelResult], list[Any]]:
+    """Stages 3-4 on the configured runner: the `train_chunks` sub-flow, registering
+    each chunk under the run's lineage as it arrives (nothing when no family trains)."""
+    if not families:
+        return [], []
+    lineage = {"prefect_flow_run_id": run["run_id"], "source": ingested.source,
+               "source_location": ingested.location, "as_of": run["as_of"] or ""}
+    registry = RegistryArgs(batch.digest, lineage,
+                            settings.resolve(settings.paths.reports_dir) / "plots"
+                            / run["run_id"])
+    return train_chunks.with_options(task_runner=make_task_runner(settings))(
+        ingest.AthleteRows.of(batch.frame), families, settings, None, progress, registry)
 
 
 def _population(future: Any) -> Any:
@@ -267,14 +228,6 @@ def _population(future: Any) -> Any:
         get_run_logger().warning("population fit failed (%s: %s); each recovery chunk "
                                  "fits its own", type(exc).__name__, exc)
         return None
-
-
-def _first_failure(report: Any) -> str:
-    fails = getattr(report, "failures", [])
-    if not fails:
-        return "quarantined"
-    f = fails[0]
-    return f"quarantined: {f.get('column')} / {f.get('rule')}: {f.get('detail')}"
 
 
 @flow(name="weekly-training-backfill", log_prints=True)
@@ -298,7 +251,8 @@ def weekly_training_backfill(
         FAMILIES.check(families)  # before any as-of run
     window = ingest.data_window(ingest.load_data(settings, data).frame)
     dates, before = ingest.backfill_dates(start, end, every_days, window)
-    first, latest = window  # backfill_dates refused a window-less data set
+    assert window is not None  # backfill_dates refused a window-less data set
+    first, latest = window
     if before:
         logger.warning("backfill: %d as-of date(s) before the data's first day %s skipped "
                        "(%s); the data covers %s..%s", len(before), first,

@@ -6,6 +6,8 @@ orchestration stays a small share of the run. Retries and timeouts live here.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +161,46 @@ def write_report(summary: dict[str, Any], out_dir: Path, settings: Settings) -> 
     return {"html": str(paths["html"]), "markdown": str(paths["markdown"]),
             "mlflow_run_id": run_id, "mlflow_run_url": report_url,
             "pooled_metrics": pooled_metrics(summary["rows"])}
+
+
+@task(name="summarise-run", cache_policy=NO_CACHE)
+def summarise_run(run: dict[str, Any], batch: ingest.TrainingBatch, plan: Any,
+                  families: list[str], trained: list[str], results: list[ModelResult],
+                  outcomes: list[Any], exports: dict[tuple[str, str], dict[str, Any]],
+                  manifests: dict[str, str], settings: Settings) -> dict[str, Any]:
+    """The run summary: every athlete model's row (lifecycle status, metrics, version,
+    artifacts, data notes) and the counts; records each cleanly trained family's batch
+    for the re-run skip. ``run``: run_id, started_at, as_of, source, data."""
+    from veloready_pipeline import rerun
+    from veloready_pipeline.summary import run_rows, run_summary
+
+    rows = run_rows(results, outcomes, exports, manifests, batch.quarantined, batch.skipped,
+                    plan.rows(), batch.data_notes, families)
+    recorded = rerun.save(settings, plan.fingerprints, rows, trained, run["run_id"])
+    return run_summary(
+        **run, finished_at=dt.datetime.now(dt.UTC).isoformat(), families=families,
+        batch=batch, rows=rows,
+        quarantine_dir=str(settings.resolve(settings.paths.quarantine_dir)),
+        mlflow_tracking_uri=settings.mlflow_tracking_uri(),
+        ota_dir=str(settings.resolve(settings.paths.ota_dir)),
+        rerun={"unchanged": {f: st.get("flow_run_id") for f, st in plan.unchanged.items()},
+               "trained": plan.reasons, "recorded": recorded})
+
+
+@task(name="write-summary", cache_policy=NO_CACHE)
+def write_summary(summary: dict[str, Any], report: dict[str, Any],
+                  batch: ingest.TrainingBatch) -> dict[str, Any]:
+    """The summary JSON (atomic) with its report, and the data notes as a Prefect artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from veloready_pipeline.fsio import atomic_write_text
+    from veloready_pipeline.validation import data_notes_markdown
+
+    summary = summary | {"report": report, "pooled": report.get("pooled_metrics", {})}
+    atomic_write_text(Path(summary["summary_path"]),
+                      json.dumps(summary, indent=2, default=str))
+    create_markdown_artifact(
+        key="data-notes", markdown=data_notes_markdown(batch.note_counts, batch.data_notes),
+        description="Masked values, dropped rows and every other data note of this run",
+    )
+    return summary

@@ -278,3 +278,54 @@ def data_digest(frame: pd.DataFrame) -> str:
     ordered = frame.sort_values(["athlete_id", "date"])[cols].reset_index(drop=True)
     h = pd.util.hash_pandas_object(ordered, index=False).to_numpy()
     return hashlib.sha256(h.tobytes()).hexdigest()[:24]
+
+
+@dataclass
+class TrainingBatch:
+    """The athletes a run trains, after validation, the as-of cut and ``athlete_ids``.
+
+    ``frame``: their rows; ``quarantined``: athlete -> the first failed check (withheld);
+    ``skipped``: athlete -> why (no rows in the window); ``data_notes``: athlete -> notes;
+    ``digest``: `data_digest` of ``frame`` (lineage and the re-run fingerprint).
+    """
+
+    frame: pd.DataFrame
+    quarantined: dict[str, str]
+    skipped: dict[str, str]
+    data_notes: dict[str, list[dict[str, Any]]]
+    note_counts: dict[str, int]
+    window: dict[str, Any]
+    digest: str
+
+
+def first_failure(report: Any) -> str:
+    """A quarantined athlete's summary reason: the first failed check."""
+    fails = getattr(report, "failures", [])
+    if not fails:
+        return "quarantined"
+    f = fails[0]
+    return f"quarantined: {f.get('column')} / {f.get('rule')}: {f.get('detail')}"
+
+
+def select_batch(ingested: IngestResult, outcome: Any, as_of: str | None,
+                 since: str | None, athlete_ids: Sequence[str] | None) -> TrainingBatch:
+    """The training batch of a validation ``outcome``; `NoDataError` (naming the data's
+    dates) when no athlete is left to train."""
+    def wanted(aid: str) -> bool:
+        return not athlete_ids or aid in athlete_ids
+
+    frame = select_athletes(cut_as_of(outcome.clean, as_of), athlete_ids)
+    log.info("validated %d athletes: %d quarantined, %d training", outcome.n_athletes,
+             len(outcome.quarantined), frame["athlete_id"].nunique())
+    if frame.empty:  # nothing to train: say why, naming the data's dates
+        raise NoDataError(no_rows_message(ingested.frame, outcome.clean, as_of, athlete_ids,
+                                          since, len(outcome.quarantined)))
+    return TrainingBatch(
+        frame=frame,
+        quarantined={a: first_failure(r) for a, r in outcome.quarantined.items() if wanted(a)},
+        skipped={a: why for a, why in outcome.skipped.items() if wanted(a)},
+        data_notes={a: n for a, n in outcome.data_notes.items() if wanted(a)},
+        note_counts=outcome.note_counts(),
+        window=outcome.window,
+        digest=data_digest(frame),
+    )

@@ -118,10 +118,10 @@ def summary_rows(
                 lifecycle_status(out, exports.get(key), manifests.get(r.athlete_id))
         else:
             status = "gate_failed"
-        metrics = {k: r.metrics.get(k) for k in ("rmse", "mae", "r2", "auroc", "brier",
-                                                  "mae_gain", "mae_gain_ci_low",
-                                                  "mae_gain_ci_high")
-                   if k in r.metrics}
+        metrics: dict[str, float | None] = {
+            k: r.metrics.get(k) for k in ("rmse", "mae", "r2", "auroc", "brier", "mae_gain",
+                                          "mae_gain_ci_low", "mae_gain_ci_high")
+            if k in r.metrics}
         base = {k: v for k, v in r.baselines.items()}
         if FAMILIES.get(r.family).reports_baseline_rmse and base:
             metrics["baseline_rmse"] = min(v for k, v in base.items() if k.endswith("_rmse"))
@@ -236,3 +236,36 @@ def run_rows(results: Iterable[ModelResult], outcomes: Iterable[Any],
         if row["athlete_id"] in manifests:
             row["artifacts"]["ota_manifest"] = manifests[row["athlete_id"]]
     return rows
+
+
+def run_summary(*, run_id: str, started_at: str, finished_at: str, as_of: str | None,
+                source: str, data: str, families: Sequence[str],
+                batch: Any, rows: list[dict[str, Any]], quarantine_dir: str,
+                mlflow_tracking_uri: str, ota_dir: str,
+                rerun: dict[str, Any], summary_path: str) -> dict[str, Any]:
+    """The run summary JSON of a weekly run (before its report and path are added).
+
+    ``batch``: the run's `ingest.TrainingBatch`; ``rows``: from `run_rows`; ``rerun``:
+    the re-run block (unchanged families' flow runs, why the others trained, which
+    batches were recorded).
+    """
+    return {
+        "flow_run_id": run_id,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "as_of": as_of,
+        "source": source,
+        "data": data,
+        "families": list(families),
+        "counts": status_counts(rows),
+        "quarantined": batch.quarantined,
+        "quarantine_dir": quarantine_dir,
+        "training_window": batch.window,
+        "data_note_counts": batch.note_counts,
+        "data_notes": batch.data_notes,
+        "mlflow_tracking_uri": mlflow_tracking_uri,
+        "ota_dir": ota_dir,
+        "rows": rows,
+        "rerun": rerun,
+        "summary_path": summary_path,
+    }
