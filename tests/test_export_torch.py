@@ -182,8 +182,8 @@ def test_quantized_copy_runs_the_package_weights(exported, key) -> None:
         ref = module(sample)
         outs = {v: quantized_copy(module, v, arts[v].path)(sample) for v in
                 ("float32", "linear8", "palette4")}
-        # The copies export_torch hands back (what export_net gates) are the same
-        # package weights as reading each package again.
+        # The copies export_torch hands back (what families.nets_common.export_torch_net
+        # gates) are the same package weights as reading each package again.
         for v, copy in back.items():
             assert not copy.training
             assert torch.equal(copy(sample), outs[v]), v

@@ -49,6 +49,22 @@ def test_unknown_family_fails_loudly_naming_the_known_ones() -> None:
         FAMILIES.check(["recovery", "x"])
 
 
+def test_every_model_kind_is_one_the_registry_saves_and_loads() -> None:
+    from veloready_pipeline.families import MODEL_KINDS
+    from veloready_pipeline.lifecycle.registry import PIP_REQUIREMENTS
+
+    assert set(PIP_REQUIREMENTS) == set(MODEL_KINDS)
+    assert {f.model_kind for f in FAMILIES} <= set(MODEL_KINDS)
+
+    class Sklearn(SleepLinearFamily):
+        name = "toy_sklearn"
+        model_kind = "sklearn"
+
+    with pytest.raises(ValueError, match="model kind 'sklearn' is not one the registry"):
+        FAMILIES.register(Sklearn())
+    assert "toy_sklearn" not in FAMILIES
+
+
 def test_a_registered_family_brings_its_settings_defaults(toy_family) -> None:
     assert FAMILIES.names() == ("recovery", "zones", "injury", "toy_sleep")
     s = load_settings()

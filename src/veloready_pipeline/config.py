@@ -109,14 +109,6 @@ def _known_family(name: str) -> str:
 Family = Annotated[str, AfterValidator(_known_family)]
 
 
-def __getattr__(name: str) -> Any:
-    # Transitional (issue 17), until the lifecycle move lands: the old closed list
-    # ALL_FAMILIES is now the registered names (`families.FAMILIES.names()`).
-    if name == "ALL_FAMILIES":
-        return family_names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 class _Section(BaseModel):
     """A settings section: an unknown key is an error, never silently ignored.
 

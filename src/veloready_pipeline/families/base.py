@@ -28,7 +28,8 @@ from veloready_pipeline.results import ModelResult
 if TYPE_CHECKING:
     import pandas as pd
 
-# The MLflow flavours the registry can save and load (`registry` dispatches on them).
+# The MLflow flavours the registry can save and load (`lifecycle.registry` dispatches
+# on them; its PIP_REQUIREMENTS has one entry per kind).
 MODEL_KINDS: tuple[str, ...] = ("xgboost", "torch")
 
 # How a family's per-model residual plot is drawn (`plots.model_svg`): one prediction

@@ -59,6 +59,7 @@ from veloready_pipeline.lifecycle.store import (
 )
 from veloready_pipeline.results import ModelResult
 
+# One entry per model kind (MLflow flavour) a family may have (`families.MODEL_KINDS`).
 PIP_REQUIREMENTS = {
     "xgboost": ["xgboost-cpu==3.2.0"],
     "torch": ["torch==2.13.0"],
@@ -287,7 +288,10 @@ def _load_model(kind: str, uri: str) -> Any:
         warnings.simplefilter("ignore")
         if kind == "xgboost":
             return mlflow.xgboost.load_model(uri)
-        return mlflow.pytorch.load_model(uri)
+        if kind == "torch":
+            return mlflow.pytorch.load_model(uri)
+    raise ValueError(f"unknown model kind {kind!r} of {uri}; known: "
+                     f"{', '.join(PIP_REQUIREMENTS)}")
 
 
 def register_results(
