@@ -64,7 +64,9 @@ def test_rules_flow_writes_stores_and_publishes(prefect_api, canonical_file, tmp
     from flows.daily_briefs import daily_briefs
 
     settings = settings_for(tmp_path)
-    summary = daily_briefs(date=DAY.isoformat(), data=str(canonical_file), settings=settings)
+    state = daily_briefs(date=DAY.isoformat(), data=str(canonical_file), settings=settings,
+                         return_state=True)
+    summary = state.result()
 
     assert summary["provider"] == "rules" and summary["date"] == "2026-03-10"
     assert summary["counts"]["briefs"] == 2 and summary["counts"]["rules"] == 2
@@ -82,8 +84,10 @@ def test_rules_flow_writes_stores_and_publishes(prefect_api, canonical_file, tmp
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["daily-briefs-summary"]))
         )
-    assert artifacts and "Daily briefs 2026-03-10" in artifacts[0].data
-    assert "resting_hr" in artifacts[0].data
+    # This run's artifact: the session's Prefect API also holds other tests' briefs runs.
+    mine = [a for a in artifacts if a.flow_run_id == state.state_details.flow_run_id]
+    assert mine and "Daily briefs 2026-03-10" in mine[0].data
+    assert "resting_hr" in mine[0].data
 
     again = daily_briefs(date="latest", data=str(canonical_file), settings=settings)
     assert again["date"] == "2026-03-10"  # the newest day in the file
