@@ -23,8 +23,8 @@ from lifecycle_helpers import run_week, snapshot
 
 from helpers_data import toy_athlete
 from veloready_pipeline.config import load_settings
+from veloready_pipeline.lifecycle.manifests import lifecycle_status, shipped_in_manifest
 from veloready_pipeline.models.recovery import train_recovery_model
-from veloready_pipeline.summary import lifecycle_status, shipped_in_manifest
 
 ATHLETES = ("r1", "Zoë / ../x")
 

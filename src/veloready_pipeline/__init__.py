@@ -2,13 +2,8 @@
 
 __version__ = "0.1.0"
 
-
-def load_families() -> None:
-    """Register the built-in model families (idempotent).
-
-    Their names and default settings (gate thresholds, search spaces) become known to
-    `config`, which calls this the first time it needs them: config never imports the
-    families (they import config), and importing the package stays light for
-    `veloready --help`.
-    """
-    import veloready_pipeline.families  # noqa: F401 - its import registers them
+# The built-in model families register themselves with the settings (their names,
+# default gate thresholds and search spaces) when the package is imported, so settings
+# accept exactly the registered families while `config` never imports a family (the
+# families import config). Light: the families import torch/xgboost only when they train.
+from veloready_pipeline import families as _families  # noqa: E402, F401

@@ -51,9 +51,9 @@ class ConfigError(ValueError):
 # ------------------------------------------------------------------ model family names
 # The family names settings accept, and each family's defaults: a light name registry.
 # `veloready_pipeline.families` registers every family here (``FAMILIES.register``);
-# config never imports the families (they import config). The first time settings need
-# the names, `veloready_pipeline.load_families` (the package root) imports the family
-# table, which registers the built-in ones; importing config alone stays light.
+# config never imports the families (they import config). Importing the package
+# (`veloready_pipeline/__init__.py`) imports the family table, which registers the
+# built-in families before any settings are validated.
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,7 @@ _FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {}
 
 
 def _family_defaults() -> dict[str, FamilyDefaults]:
-    """The registered families' defaults (the built-in families registered first)."""
-    import veloready_pipeline
-
-    veloready_pipeline.load_families()
+    """The registered families' defaults, in registration order."""
     return _FAMILY_DEFAULTS
 
 

@@ -99,3 +99,55 @@ def in_rollout(device_id: str, athlete_id: str, family: str, percent: int) -> bo
     if not 0 <= percent <= 100:
         raise ValueError(f"rollout percent must be within 0..100, got {percent}")
     return device_bucket(device_id, athlete_id, family) < percent
+
+
+def shipped_in_manifest(manifest: str | Path | None, name: str, version: str) -> str | None:
+    """Why a version is not advertised as champion by a signed manifest (None if it is).
+
+    Checks the manifest's signature file is there and was made for exactly these bytes
+    (its ``manifest_sha256``), and that an entry lists ``name`` v``version`` as champion.
+    The full cryptographic check is `veloready ota verify`.
+    """
+    if manifest is None:
+        return "no OTA manifest was written for this athlete"
+    path = Path(manifest)
+    sig = path.with_name(path.name + ".sig")
+    try:
+        body = path.read_bytes()
+        signed = json.loads(sig.read_text(encoding="utf-8")).get("manifest_sha256")
+    except (OSError, ValueError) as exc:
+        return f"manifest or signature unreadable ({type(exc).__name__}: {exc})"
+    if signed != hashlib.sha256(body).hexdigest():
+        return "the manifest's signature was made for other bytes (unsigned manifest)"
+    for entry in json.loads(body).get("models", []):
+        if (entry.get("registry_name") == name and str(entry.get("registry_version")) == version
+                and entry.get("role", "champion") == "champion"):
+            return None
+    return f"the signed manifest does not list {name} v{version} as champion"
+
+
+def lifecycle_status(out: Any, record: dict[str, Any] | None,
+                     manifest: str | None) -> tuple[str, str]:
+    """Status and reason of a gate-passing model that has a registry version.
+
+    ``registered`` only for a version that is what it should be at the end of a run:
+    the champion, advertised by the athlete's signed manifest, or the challenger awaiting
+    review, with its export on disk (what an approval ships). A version that is neither
+    is ``not_promoted`` (it lost to the champion, was rejected, or its interrupted
+    registration was withdrawn); a champion or challenger without its export or signed
+    manifest is ``unshipped`` (the next run repairs it).
+    """
+    version = str(out.version)
+    decision = str(getattr(out, "decision", "") or "")
+    champion = out.champion_version is not None and str(out.champion_version) == version
+    if not champion and not getattr(out, "challenger", False):
+        return "not_promoted", decision
+    role = "champion" if champion else "challenger"
+    if not record or "error" in record:
+        why = (record or {}).get("error", "no export record")
+        return "unshipped", f"{role} v{version} has no export ({why}); {decision}"
+    if champion:
+        missing = shipped_in_manifest(manifest, str(out.registered_name), version)
+        if missing:
+            return "unshipped", f"champion v{version} is not shipped: {missing}; {decision}"
+    return "registered", decision
