@@ -225,6 +225,111 @@ def _orient_details(details: dict[str, Any], rows: int) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class _ReadBack:
+    """The state dict being rebuilt from a package, with what was mapped so far."""
+
+    package_path: Path
+    state: dict[str, torch.Tensor]
+    compression: dict[str, str] = field(default_factory=dict)
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def put(self, key: str, value: np.ndarray, w: PackageWeight,
+            details: dict[str, Any]) -> None:
+        """Replace parameter ``key`` with the package's ``value``."""
+        import torch
+
+        self.state[key] = torch.from_numpy(value).to(self.state[key].dtype)
+        self.compression[key] = w.compression
+        self.details[key] = details
+
+
+def _names_by_sanitized(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Parameter names keyed by their Core ML name (dots become underscores)."""
+    by_sanitized: dict[str, str] = {}
+    for key in state:
+        sanitized = key.replace(".", "_")
+        if sanitized in by_sanitized:
+            raise ValueError(f"parameters {by_sanitized[sanitized]!r} and {key!r} have the "
+                             "same Core ML name; cannot map package weights back")
+        by_sanitized[sanitized] = key
+    return by_sanitized
+
+
+def _map_named(rb: _ReadBack, w: PackageWeight, key: str) -> None:
+    """A weight that kept its PyTorch name."""
+    if tuple(rb.state[key].shape) != w.value.shape:
+        raise ValueError(f"{rb.package_path}: {w.name} has shape {w.value.shape}, "
+                         f"parameter {key} has {tuple(rb.state[key].shape)}")
+    _check_plausible(rb.package_path, w, key, rb.state[key].cpu().numpy())
+    rb.put(key, w.value.copy(), w, w.details)
+
+
+def _map_lstm_weight(rb: _ReadBack, w: PackageWeight, kind: str,
+                     candidates: list[dict[str, Any]]) -> None:
+    """An anonymous LSTM weight: the nearest unused layer tensor, gate order swapped back."""
+    scored = sorted(
+        (float(np.abs(c[kind][1] - w.value).max()), i)
+        for i, c in enumerate(candidates)
+        if c[kind][1].shape == w.value.shape and kind not in c["used"]
+    )
+    if not scored:
+        raise ValueError(f"{rb.package_path}: LSTM tensor {w.name} {w.value.shape} "
+                         "matches no LSTM layer of the module")
+    if len(scored) > 1 and scored[1][0] <= 2 * scored[0][0]:
+        raise ValueError(f"{rb.package_path}: LSTM tensor {w.name} matches several "
+                         "layers equally well; cannot map it back")
+    cand = candidates[scored[0][1]]
+    cand["used"].add(kind)
+    key = cand[kind][0]
+    value = _swap_last_two_gates(w.value, w.value.shape[0])
+    rb.put(key, np.ascontiguousarray(value), w, _orient_details(w.details, w.value.shape[0]))
+
+
+def _check_lstm_bias(package_path: Path, w: PackageWeight,
+                     candidates: list[dict[str, Any]]) -> None:
+    """A summed LSTM bias must be float and equal some layer's ``b_ih + b_hh``."""
+    if w.compression != "none":
+        raise ValueError(f"{package_path}: compressed LSTM bias {w.name} cannot be "
+                         "split back into bias_ih and bias_hh")
+    if not any("bias" in c and c["bias"].shape == w.value.shape
+               and np.abs(c["bias"] - w.value).max() <= _BIAS_ATOL for c in candidates):
+        raise ValueError(f"{package_path}: LSTM bias {w.name} equals no layer's "
+                         "bias_ih + bias_hh")
+
+
+def _lstm_role(w: PackageWeight) -> str | None:
+    """'weight', 'bias' or 'state' if every LSTM use of ``w`` is of that role, else None."""
+    lstm_uses = [(c[2]) for c in w.consumers if c[0] == "lstm"]
+    if not lstm_uses:
+        return None
+    for role, keys in (("weight", _LSTM_WEIGHT_KEYS), ("bias", _LSTM_BIAS_KEYS),
+                       ("state", _LSTM_STATE_KEYS)):
+        if all(u in keys for u in lstm_uses):
+            return role
+    return None
+
+
+def _map_one(rb: _ReadBack, w: PackageWeight, by_sanitized: dict[str, str],
+             candidates: list[dict[str, Any]]) -> bool:
+    """Map or check one package tensor; False if it is compressed and still unmapped."""
+    base = _strip_suffixes(w.name)
+    role = None if base in by_sanitized else _lstm_role(w)
+    if base in by_sanitized:
+        _map_named(rb, w, by_sanitized[base])
+    elif role == "weight":
+        first_use = next(c[2] for c in w.consumers if c[0] == "lstm")
+        _map_lstm_weight(rb, w, _LSTM_WEIGHT_KEYS[first_use], candidates)
+    elif role == "bias":
+        _check_lstm_bias(rb.package_path, w, candidates)
+    elif role == "state":
+        if np.any(w.value != 0):
+            raise ValueError(f"{rb.package_path}: non-zero LSTM initial state {w.name}")
+    elif w.compression != "none":
+        return False
+    return True
+
+
 def read_back_state_dict(module: torch.nn.Module, package_path: Path
                          ) -> tuple[dict[str, torch.Tensor], QuantReport]:
     """The module's state dict with every tensor the package holds replaced by its values.
@@ -238,84 +343,27 @@ def read_back_state_dict(module: torch.nn.Module, package_path: Path
         ValueError: if a compressed tensor cannot be mapped to a parameter, a mapping is
             ambiguous, or a mapped tensor's shape does not match.
     """
-    import torch
-
-    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    by_sanitized: dict[str, str] = {}
-    for key in state:
-        sanitized = key.replace(".", "_")
-        if sanitized in by_sanitized:
-            raise ValueError(f"parameters {by_sanitized[sanitized]!r} and {key!r} have the "
-                             "same Core ML name; cannot map package weights back")
-        by_sanitized[sanitized] = key
+    rb = _ReadBack(package_path, {k: v.detach().clone() for k, v in module.state_dict().items()})
+    by_sanitized = _names_by_sanitized(rb.state)
     candidates = _lstm_candidates(module)
-    compression: dict[str, str] = {}
-    details: dict[str, dict[str, Any]] = {}
+    leftovers = [w for w in read_package_weights(package_path)
+                 if not _map_one(rb, w, by_sanitized, candidates)]
     unmapped: list[str] = []
-    leftovers: list[PackageWeight] = []
-
-    for w in read_package_weights(package_path):
-        base = _strip_suffixes(w.name)
-        lstm_uses = [(c[2]) for c in w.consumers if c[0] == "lstm"]
-        if base in by_sanitized:
-            key = by_sanitized[base]
-            if tuple(state[key].shape) != w.value.shape:
-                raise ValueError(f"{package_path}: {w.name} has shape {w.value.shape}, "
-                                 f"parameter {key} has {tuple(state[key].shape)}")
-            _check_plausible(package_path, w, key, state[key].cpu().numpy())
-            state[key] = torch.from_numpy(w.value.copy()).to(state[key].dtype)
-            compression[key] = w.compression
-            details[key] = w.details
-        elif lstm_uses and all(u in _LSTM_WEIGHT_KEYS for u in lstm_uses):
-            kind = _LSTM_WEIGHT_KEYS[lstm_uses[0]]
-            scored = sorted(
-                (float(np.abs(c[kind][1] - w.value).max()), i)
-                for i, c in enumerate(candidates)
-                if c[kind][1].shape == w.value.shape and kind not in c["used"]
-            )
-            if not scored:
-                raise ValueError(f"{package_path}: LSTM tensor {w.name} {w.value.shape} "
-                                 "matches no LSTM layer of the module")
-            if len(scored) > 1 and scored[1][0] <= 2 * scored[0][0]:
-                raise ValueError(f"{package_path}: LSTM tensor {w.name} matches several "
-                                 "layers equally well; cannot map it back")
-            cand = candidates[scored[0][1]]
-            cand["used"].add(kind)
-            key = cand[kind][0]
-            value = _swap_last_two_gates(w.value, w.value.shape[0])
-            state[key] = torch.from_numpy(np.ascontiguousarray(value)).to(state[key].dtype)
-            compression[key] = w.compression
-            details[key] = _orient_details(w.details, w.value.shape[0])
-        elif lstm_uses and all(u in _LSTM_BIAS_KEYS for u in lstm_uses):
-            if w.compression != "none":
-                raise ValueError(f"{package_path}: compressed LSTM bias {w.name} cannot be "
-                                 "split back into bias_ih and bias_hh")
-            if not any("bias" in c and c["bias"].shape == w.value.shape
-                       and np.abs(c["bias"] - w.value).max() <= _BIAS_ATOL for c in candidates):
-                raise ValueError(f"{package_path}: LSTM bias {w.name} equals no layer's "
-                                 "bias_ih + bias_hh")
-        elif lstm_uses and all(u in _LSTM_STATE_KEYS for u in lstm_uses):
-            if np.any(w.value != 0):
-                raise ValueError(f"{package_path}: non-zero LSTM initial state {w.name}")
-        elif w.compression != "none":
-            leftovers.append(w)
     for w in leftovers:
-        matched = _match_by_value(w, module, set(compression))
+        matched = _match_by_value(w, module, set(rb.compression))
         if matched is None:
             unmapped.append(w.name)
             continue
-        state[matched] = torch.from_numpy(w.value.copy()).to(state[matched].dtype)
-        compression[matched] = w.compression
-        details[matched] = w.details
+        rb.put(matched, w.value.copy(), w, w.details)
     if unmapped:
         raise ValueError(f"{package_path}: compressed tensors {unmapped} map to no parameter "
                          "of the module; the quantized weights cannot be evaluated in PyTorch")
     params = [name for name, _ in module.named_parameters()]
-    quantized = [p for p in params if compression.get(p, "none") != "none"]
+    quantized = [p for p in params if rb.compression.get(p, "none") != "none"]
     report = QuantReport(quantized=quantized,
                          unquantized=[p for p in params if p not in quantized],
-                         compression=compression, details=details)
-    return state, report
+                         compression=rb.compression, details=rb.details)
+    return rb.state, report
 
 
 def _check_plausible(package_path: Path, w: PackageWeight, key: str,
