@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from veloready_pipeline.families import FAMILIES
 from veloready_pipeline.ids import athlete_key
 from veloready_pipeline.results import ModelResult
+
+if TYPE_CHECKING:
+    from veloready_pipeline.families.base import ModelFamily
 
 
 def plot_residuals(result: ModelResult, out_dir: Path) -> Path:
@@ -141,15 +145,7 @@ def model_svg(result: ModelResult, out_dir: Path) -> Path:
     path = out_dir / f"residuals-{result.family}-{athlete_key(result.athlete_id)}.svg"
     fam = result.family
     family = FAMILIES.get(fam)
-    unit, tests = family.plot_unit, family.plot_style == "tests"
-    y = np.asarray(result.test_y if result.test_y is not None else [], dtype=float)
-    p = np.asarray(result.test_pred if result.test_pred is not None else [], dtype=float)
-    if y.ndim > 1:  # multi-output (zones): the first output (FTP)
-        y, p = y[:, 0], p[:, 0]
-    dates = [str(d)[:10] for d in result.test_dates] or [str(i) for i in range(len(y))]
-    base = result.extra.get("baseline_score")
-    base = np.asarray(base, dtype=float).reshape(len(y), -1)[:, 0] if base is not None and \
-        len(np.asarray(base).reshape(-1)) >= len(y) else None
+    y, p, dates, base = _test_series(result)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * _W:.0f}" '
              f'height="{_H:.0f}" font-family="sans-serif" font-size="10">',
              f'<rect width="{2 * _W:.0f}" height="{_H:.0f}" fill="white"/>']
@@ -161,70 +157,128 @@ def model_svg(result: ModelResult, out_dir: Path) -> Path:
         return path
     who = f"{fam} {result.athlete_id}"
     if family.plot_style == "risk":
-        left = _Panel(0, (0, max(len(y) - 1, 1)), (0, 100))
-        parts += left.axes(f"{who}: risk on {len(y)} test days", "test day (MM-DD)",
-                           unit, _date_ticks(dates))
-        for i in np.flatnonzero(y > 0.5):
-            x = left.sx(float(i))
-            parts.append(f'<rect x="{x - 2:.1f}" y="{_T}" width="4" height="{_H - _T - _B}" '
-                         'fill="#f4b6b6"/>')
-        pts = " ".join(f"{left.sx(float(i)):.1f},{left.sy(float(v)):.1f}"
-                       for i, v in enumerate(p) if np.isfinite(v))
-        parts.append(f'<polyline points="{pts}" fill="none" stroke="steelblue"/>')
-        parts.append(f'<text x="{_L}" y="{_T - 9}" fill="#b33">shaded: label days '
-                     f'({int((y > 0.5).sum())})</text>')
-        right = _Panel(_W, (0, 100), (0, 1))
-        order = np.argsort(p)
-        parts += right.axes(family.plot_series_title, unit, "label (1 = onset within 7 d)")
-        parts += [f'<circle cx="{right.sx(float(p[i])):.1f}" cy="{right.sy(float(y[i])):.1f}" '
-                  'r="2.5" fill="steelblue" fill-opacity="0.5"/>' for i in order]
+        parts += _risk_panels(family, who, y, p, dates)
     else:
-        yy, pp = y[ok], p[ok]
-        lo, hi = float(min(yy.min(), pp.min())), float(max(yy.max(), pp.max()))
-        left = _Panel(0, (lo, hi), (lo, hi))
-        what = (f"{len(yy)} measured test{'s' if len(yy) > 1 else ''}" if tests
-                else f"{len(yy)} test days")
-        parts += left.axes(f"{who}: predicted vs measured ({what})",
-                           f"measured {unit}", f"predicted {unit}")
-        parts.append(f'<line x1="{left.sx(left.x0):.1f}" y1="{left.sy(left.x0):.1f}" '
-                     f'x2="{left.sx(left.x1):.1f}" y2="{left.sy(left.x1):.1f}" stroke="#888" '
-                     'stroke-dasharray="4"/>')
-        parts += [f'<circle cx="{left.sx(a):.1f}" cy="{left.sy(b):.1f}" r="3" '
-                  'fill="steelblue"/>' for a, b in zip(yy, pp, strict=True)]
-        series = [y, p] + ([base] if base is not None else [])
-        vals = np.concatenate([s[np.isfinite(s)] for s in series])
-        sparse = tests or len(y) < 5
-        xlim = (-0.5, len(y) - 0.5) if sparse else (0, max(len(y) - 1, 1))
-        right = _Panel(_W, xlim, (float(vals.min()), float(vals.max())))
-        title = family.plot_series_title
-        ticks = ([(float(i), d[5:10]) for i, d in enumerate(dates)] if sparse
-                 else _date_ticks(dates))
-        parts += right.axes(title, "test date (MM-DD)", unit, ticks)
-        if not sparse:
-            for s, colour in ((y, "#333"), (p, "steelblue")):
-                pts = " ".join(f"{right.sx(float(i)):.1f},{right.sy(float(v)):.1f}"
-                               for i, v in enumerate(s) if np.isfinite(v))
-                parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}"/>')
-        for i in range(len(y)):
-            x = right.sx(float(i))
-            if sparse and np.isfinite(y[i]) and np.isfinite(p[i]):
-                parts.append(f'<line x1="{x:.1f}" y1="{right.sy(y[i]):.1f}" x2="{x:.1f}" '
-                             f'y2="{right.sy(p[i]):.1f}" stroke="#bbb"/>')
-            if sparse and base is not None and np.isfinite(base[i]):
-                parts.append(f'<rect x="{x - 3:.1f}" y="{right.sy(base[i]) - 3:.1f}" '
-                             'width="6" height="6" fill="#999"/>')
-            if sparse:
-                parts.append(f'<circle cx="{x:.1f}" cy="{right.sy(y[i]):.1f}" r="4" '
-                             'fill="#333"/>')
-                parts.append(f'<circle cx="{x:.1f}" cy="{right.sy(p[i]):.1f}" r="4" '
-                             'fill="steelblue"/>')
-        legend = [("#333", "measured" if tests else "actual"),
-                  ("steelblue", "model")] + (
-            [("#999", "last test (baseline)")] if sparse and base is not None else [])
-        for k, (colour, label) in enumerate(legend):
-            lx = _W + _L + 4 + 78 * k
-            parts.append(f'<circle cx="{lx}" cy="{_T - 12}" r="4" fill="{colour}"/>'
-                         f'<text x="{lx + 7}" y="{_T - 9}">{label}</text>')
+        parts += _score_panels(family, who, _Series(y, p, dates, base), ok)
     parts.append("</svg>")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+class _Series(NamedTuple):
+    """One model's test part: measured, predicted, dates and the baseline (or None)."""
+
+    y: np.ndarray
+    p: np.ndarray
+    dates: list[str]
+    base: np.ndarray | None
+
+
+def _test_series(result: ModelResult) -> _Series:
+    """The test part as float arrays (zones: the first output, FTP) with its dates."""
+    y = np.asarray(result.test_y if result.test_y is not None else [], dtype=float)
+    p = np.asarray(result.test_pred if result.test_pred is not None else [], dtype=float)
+    if y.ndim > 1:  # multi-output (zones): the first output (FTP)
+        y, p = y[:, 0], p[:, 0]
+    dates = [str(d)[:10] for d in result.test_dates] or [str(i) for i in range(len(y))]
+    base = result.extra.get("baseline_score")
+    base = np.asarray(base, dtype=float).reshape(len(y), -1)[:, 0] if base is not None and \
+        len(np.asarray(base).reshape(-1)) >= len(y) else None
+    return _Series(y, p, dates, base)
+
+
+def _risk_panels(family: ModelFamily, who: str, y: np.ndarray, p: np.ndarray,
+                 dates: list[str]) -> list[str]:
+    """Left: predicted risk by test day, label days shaded. Right: risk against label."""
+    unit = family.plot_unit
+    parts: list[str] = []
+    left = _Panel(0, (0, max(len(y) - 1, 1)), (0, 100))
+    parts += left.axes(f"{who}: risk on {len(y)} test days", "test day (MM-DD)",
+                       unit, _date_ticks(dates))
+    for i in np.flatnonzero(y > 0.5):
+        x = left.sx(float(i))
+        parts.append(f'<rect x="{x - 2:.1f}" y="{_T}" width="4" height="{_H - _T - _B}" '
+                     'fill="#f4b6b6"/>')
+    pts = " ".join(f"{left.sx(float(i)):.1f},{left.sy(float(v)):.1f}"
+                   for i, v in enumerate(p) if np.isfinite(v))
+    parts.append(f'<polyline points="{pts}" fill="none" stroke="steelblue"/>')
+    parts.append(f'<text x="{_L}" y="{_T - 9}" fill="#b33">shaded: label days '
+                 f'({int((y > 0.5).sum())})</text>')
+    right = _Panel(_W, (0, 100), (0, 1))
+    order = np.argsort(p)
+    parts += right.axes(family.plot_series_title, unit, "label (1 = onset within 7 d)")
+    parts += [f'<circle cx="{right.sx(float(p[i])):.1f}" cy="{right.sy(float(y[i])):.1f}" '
+              'r="2.5" fill="steelblue" fill-opacity="0.5"/>' for i in order]
+    return parts
+
+
+def _score_panels(family: ModelFamily, who: str, s: _Series, ok: np.ndarray) -> list[str]:
+    """Left: predicted against measured with the diagonal. Right: the series by date."""
+    unit, tests = family.plot_unit, family.plot_style == "tests"
+    parts: list[str] = []
+    yy, pp = s.y[ok], s.p[ok]
+    lo, hi = float(min(yy.min(), pp.min())), float(max(yy.max(), pp.max()))
+    left = _Panel(0, (lo, hi), (lo, hi))
+    what = (f"{len(yy)} measured test{'s' if len(yy) > 1 else ''}" if tests
+            else f"{len(yy)} test days")
+    parts += left.axes(f"{who}: predicted vs measured ({what})",
+                       f"measured {unit}", f"predicted {unit}")
+    parts.append(f'<line x1="{left.sx(left.x0):.1f}" y1="{left.sy(left.x0):.1f}" '
+                 f'x2="{left.sx(left.x1):.1f}" y2="{left.sy(left.x1):.1f}" stroke="#888" '
+                 'stroke-dasharray="4"/>')
+    parts += [f'<circle cx="{left.sx(a):.1f}" cy="{left.sy(b):.1f}" r="3" '
+              'fill="steelblue"/>' for a, b in zip(yy, pp, strict=True)]
+    return parts + _series_panel(family, s)
+
+
+def _series_panel(family: ModelFamily, s: _Series) -> list[str]:
+    """The right panel: measured, predicted (and baseline) by test date with a legend.
+
+    Sparse (zones' measured tests, or under 5 days): one marker per test, joined by a
+    grey line; otherwise two polylines.
+    """
+    y, p, dates, base = s
+    unit, tests = family.plot_unit, family.plot_style == "tests"
+    parts: list[str] = []
+    series = [y, p] + ([base] if base is not None else [])
+    vals = np.concatenate([v[np.isfinite(v)] for v in series])
+    sparse = tests or len(y) < 5
+    xlim = (-0.5, len(y) - 0.5) if sparse else (0, max(len(y) - 1, 1))
+    right = _Panel(_W, xlim, (float(vals.min()), float(vals.max())))
+    ticks = ([(float(i), d[5:10]) for i, d in enumerate(dates)] if sparse
+             else _date_ticks(dates))
+    parts += right.axes(family.plot_series_title, "test date (MM-DD)", unit, ticks)
+    if sparse:
+        parts += _test_markers(right, y, p, base)
+    else:
+        for v, colour in ((y, "#333"), (p, "steelblue")):
+            pts = " ".join(f"{right.sx(float(i)):.1f},{right.sy(float(w)):.1f}"
+                           for i, w in enumerate(v) if np.isfinite(w))
+            parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}"/>')
+    legend = [("#333", "measured" if tests else "actual"),
+              ("steelblue", "model")] + (
+        [("#999", "last test (baseline)")] if sparse and base is not None else [])
+    for k, (colour, label) in enumerate(legend):
+        lx = _W + _L + 4 + 78 * k
+        parts.append(f'<circle cx="{lx}" cy="{_T - 12}" r="4" fill="{colour}"/>'
+                     f'<text x="{lx + 7}" y="{_T - 9}">{label}</text>')
+    return parts
+
+
+def _test_markers(right: _Panel, y: np.ndarray, p: np.ndarray,
+                  base: np.ndarray | None) -> list[str]:
+    """One test a column: measured-to-model line, baseline square, the two markers."""
+    parts: list[str] = []
+    for i in range(len(y)):
+        x = right.sx(float(i))
+        if np.isfinite(y[i]) and np.isfinite(p[i]):
+            parts.append(f'<line x1="{x:.1f}" y1="{right.sy(y[i]):.1f}" x2="{x:.1f}" '
+                         f'y2="{right.sy(p[i]):.1f}" stroke="#bbb"/>')
+        if base is not None and np.isfinite(base[i]):
+            parts.append(f'<rect x="{x - 3:.1f}" y="{right.sy(base[i]) - 3:.1f}" '
+                         'width="6" height="6" fill="#999"/>')
+        parts.append(f'<circle cx="{x:.1f}" cy="{right.sy(y[i]):.1f}" r="4" '
+                     'fill="#333"/>')
+        parts.append(f'<circle cx="{x:.1f}" cy="{right.sy(p[i]):.1f}" r="4" '
+                     'fill="steelblue"/>')
+    return parts
