@@ -576,7 +576,7 @@ def _injury_arrays(
     fut = np.lib.stride_tricks.sliding_window_view(events[1:], horizon)[ends]
     fut_known = np.lib.stride_tricks.sliding_window_view(known[1:], horizon)[ends]
     ok = fut_known.all(axis=1)
-    y = fut.any(axis=1).astype(np.float32)
+    y = np.asarray(fut.any(axis=1), dtype=np.float32)  # [n] (0/1)
     X = np.lib.stride_tricks.sliding_window_view(daily, window, axis=0)[ends - window + 1]
     X = np.moveaxis(X, -1, 1)  # [n, window, feat]
     dates = d.index.to_numpy()[ends].astype("datetime64[D]")

@@ -70,8 +70,9 @@ POPULATION_START = {"max_depth": 3, "learning_rate": 0.05, "min_child_weight": 5
 # small, strongly regularised corrections.
 PERSONAL_PARAMS = {"max_depth": 2, "learning_rate": 0.03, "min_child_weight": 5.0,
                    "subsample": 0.8, "reg_lambda": 5.0}
-PERSONAL_SPACE = {"max_depth": [1, 3], "learning_rate": [0.01, 0.1],
-                  "min_child_weight": [2.0, 20.0], "reg_lambda": [1.0, 20.0]}
+PERSONAL_SPACE: dict[str, list[Any]] = {"max_depth": [1, 3], "learning_rate": [0.01, 0.1],
+                                        "min_child_weight": [2.0, 20.0],
+                                        "reg_lambda": [1.0, 20.0]}
 PERSONAL_ROUNDS = 40  # untuned personal trees (lr 0.03: ~70 % of a steady residual)
 PERSONAL_MAX_ROUNDS = 200  # tuned personal trees, early-stopped on validation
 PICK_LEVEL = 0.90  # two-sided, so a 95 % one-sided lower bound
