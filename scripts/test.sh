@@ -12,4 +12,9 @@ if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432
   fi
 fi
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
+# Static checks first (seconds; each prints what it found): style and complexity, the
+# import-layer contract (.importlinter), types.
+.venv/bin/ruff check src flows tasks tests bench scripts
+.venv/bin/lint-imports --no-cache
+.venv/bin/mypy
 exec .venv/bin/python -m pytest --cov=veloready_pipeline --cov-report=term:skip-covered "$@"
