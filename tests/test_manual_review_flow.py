@@ -92,12 +92,8 @@ def _wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen, lo
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.slow
-def test_weekly_run_pauses_for_review_and_ships_only_approved(prefect_server, tmp_path,
-                                                              monkeypatch):
-
-    from veloready_pipeline.config import load_settings
-    from veloready_pipeline.lifecycle.store import CHALLENGER, CHAMPION, registered_name
+def _scenario(tmp_path: Path, prefect_server: dict) -> tuple[Path, Path, Path, dict]:
+    """Three simulated riders, recovery only, manual review: (home, data, config, env)."""
     from veloready_pipeline.simulate import simulate_athletes, write_simulation
 
     home = tmp_path / "home"
@@ -112,57 +108,51 @@ def test_weekly_run_pauses_for_review_and_ships_only_approved(prefect_server, tm
                         "PREFECT_API_URL": prefect_server["api"],
                         "PREFECT_HOME": str(prefect_server["home"]),
                         "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    summary = tmp_path / "summary.json"
-    flow_log = tmp_path / "flow.log"
-    log_fh = flow_log.open("w")
-    flow = subprocess.Popen(
-        [str(BIN / "veloready"), "train", "--data", str(data), "--summary-json", str(summary)],
-        cwd=REPO, env=env, stdout=log_fh, stderr=subprocess.STDOUT)
-    try:
-        (paused,) = _wait_for(lambda: _runs(prefect_server["api"], "PAUSED"), PAUSE_TIMEOUT_S,
-                              "the weekly run to pause for review", flow, flow_log)
-        arts = httpx.post(f"{prefect_server['api']}/artifacts/filter", timeout=10, json={
-            "artifacts": {"key": {"any_": ["review-challengers"]}}}).json()
-        assert arts and "Challengers awaiting review" in arts[0]["data"]
-        assert "[plot](" in arts[0]["data"]  # the residual plot of each challenger's run
+    return home, data, config, env
 
-        def cli(*args: str) -> subprocess.CompletedProcess:
-            return subprocess.run([str(BIN / "veloready"), "registry", "review", *args],
-                                  cwd=REPO, env=env, capture_output=True, text=True,
-                                  timeout=300)
 
-        listing = cli()
-        assert listing.returncode == 0, listing.stderr
-        pending = sorted({line.split()[0] for line in listing.stdout.splitlines()
-                          if line.startswith("  sim-")})
-        assert len(pending) >= 2, listing.stdout
-        approved, rejected, left = pending[0], pending[1], pending[2:]
-        for aid in pending:
-            assert paused["id"] and aid in arts[0]["data"]
+def _review_paused_run(api: str, env: dict, flow: subprocess.Popen, flow_log: Path
+                       ) -> tuple[dict, str, str, list[str]]:
+    """Wait for the pause, check the review artifact, then approve one athlete and reject
+    another through the CLI. Returns (paused run, approved, rejected, left pending)."""
+    (paused,) = _wait_for(lambda: _runs(api, "PAUSED"), PAUSE_TIMEOUT_S,
+                          "the weekly run to pause for review", flow, flow_log)
+    arts = httpx.post(f"{api}/artifacts/filter", timeout=10, json={
+        "artifacts": {"key": {"any_": ["review-challengers"]}}}).json()
+    assert arts and "Challengers awaiting review" in arts[0]["data"]
+    assert "[plot](" in arts[0]["data"]  # the residual plot of each challenger's run
 
-        bad = cli("--approve", "sim-9999", "--reviewer", "tester")
-        assert bad.returncode == 2 and "no pending challenger" in bad.stderr
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "veloready"), "registry", "review", *args],
+                              cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
 
-        decided = cli("--approve", approved, "--reject", rejected, "--reason",
-                      "shift work week: residuals look off", "--reviewer", "tester")
-        assert decided.returncode == 0, decided.stdout + decided.stderr
-        assert f"resumed paused weekly run {paused['id']}" in decided.stdout
+    listing = cli()
+    assert listing.returncode == 0, listing.stderr
+    pending = sorted({line.split()[0] for line in listing.stdout.splitlines()
+                      if line.startswith("  sim-")})
+    assert len(pending) >= 2, listing.stdout
+    approved, rejected, left = pending[0], pending[1], pending[2:]
+    for aid in pending:
+        assert paused["id"] and aid in arts[0]["data"]
 
-        flow.wait(timeout=FINISH_TIMEOUT_S)
-        assert flow.returncode == 0, flow_log.read_text()[-4000:]
-    finally:
-        if flow.poll() is None:
-            flow.kill()
-        log_fh.close()
+    bad = cli("--approve", "sim-9999", "--reviewer", "tester")
+    assert bad.returncode == 2 and "no pending challenger" in bad.stderr
 
-    state = httpx.get(f"{prefect_server['api']}/flow_runs/{paused['id']}", timeout=10).json()
-    assert state["state"]["type"] == "COMPLETED"
+    decided = cli("--approve", approved, "--reject", rejected, "--reason",
+                  "shift work week: residuals look off", "--reviewer", "tester")
+    assert decided.returncode == 0, decided.stdout + decided.stderr
+    assert f"resumed paused weekly run {paused['id']}" in decided.stdout
+    return paused, approved, rejected, left
 
-    monkeypatch.setenv("VELOREADY_HOME", str(home))
-    settings = load_settings(config)
+
+def _check_registry(settings, exports: Path, approved: str, rejected: str,
+                    left: list[str]) -> None:
+    """Approved: champion with the review tags; rejected: no champion, the reason kept;
+    the others still pending (challenger, exported, not shipped)."""
+    from veloready_pipeline.lifecycle.store import CHALLENGER, CHAMPION, registered_name
+
     client = _client(settings)
-    ota = settings.resolve(settings.paths.ota_dir)
-    exports = settings.resolve(settings.paths.data_dir) / "exports" / "recovery"
 
     def alias(aid: str, name: str) -> str | None:
         try:
@@ -188,6 +178,9 @@ def test_weekly_run_pauses_for_review_and_ships_only_approved(prefect_server, tm
         assert "review_decision" not in tags(aid)
         assert (exports / aid / "v1" / "export.json").exists()
 
+
+def _check_shipped(ota: Path, exports: Path, env: dict, approved: str, rejected: str) -> None:
+    """Only the approved athlete has an OTA manifest (10 % rollout) and it verifies."""
     assert sorted(p.name for p in ota.iterdir() if (p / "manifest.json").exists()) == [
         approved]
     assert not (exports / rejected).exists()
@@ -198,8 +191,45 @@ def test_weekly_run_pauses_for_review_and_ships_only_approved(prefect_server, tm
                             env=env, capture_output=True, text=True, timeout=120)
     assert verify.returncode == 0 and "1 manifest(s) verified" in verify.stdout, verify.stdout
 
+
+def _check_summary(summary: Path, approved: str, rejected: str) -> None:
     rows = {r["athlete_id"]: r for r in json.loads(summary.read_text())["rows"]}
     assert rows[approved]["champion"] and not rows[rejected]["champion"]
     assert rows[rejected]["reason"].startswith("rejected by tester")
     assert "ota_manifest" in rows[approved]["artifacts"]
     assert "ota_manifest" not in rows[rejected]["artifacts"]
+
+
+@pytest.mark.slow
+def test_weekly_run_pauses_for_review_and_ships_only_approved(prefect_server, tmp_path,
+                                                              monkeypatch):
+
+    from veloready_pipeline.config import load_settings
+
+    home, data, config, env = _scenario(tmp_path, prefect_server)
+    summary = tmp_path / "summary.json"
+    flow_log = tmp_path / "flow.log"
+    log_fh = flow_log.open("w")
+    flow = subprocess.Popen(
+        [str(BIN / "veloready"), "train", "--data", str(data), "--summary-json", str(summary)],
+        cwd=REPO, env=env, stdout=log_fh, stderr=subprocess.STDOUT)
+    try:
+        paused, approved, rejected, left = _review_paused_run(
+            prefect_server["api"], env, flow, flow_log)
+        flow.wait(timeout=FINISH_TIMEOUT_S)
+        assert flow.returncode == 0, flow_log.read_text()[-4000:]
+    finally:
+        if flow.poll() is None:
+            flow.kill()
+        log_fh.close()
+
+    state = httpx.get(f"{prefect_server['api']}/flow_runs/{paused['id']}", timeout=10).json()
+    assert state["state"]["type"] == "COMPLETED"
+
+    monkeypatch.setenv("VELOREADY_HOME", str(home))
+    settings = load_settings(config)
+    ota = settings.resolve(settings.paths.ota_dir)
+    exports = settings.resolve(settings.paths.data_dir) / "exports" / "recovery"
+    _check_registry(settings, exports, approved, rejected, left)
+    _check_shipped(ota, exports, env, approved, rejected)
+    _check_summary(summary, approved, rejected)

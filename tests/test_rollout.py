@@ -132,8 +132,8 @@ def _register_never_passed(settings, result):
     return str(mlflow.register_model(info.model_uri, name).version), run.info.run_id
 
 
-@pytest.mark.slow  # real Core ML + ONNX exports of two versions, ~20-45 s
-def test_staged_rollout_promote_and_rollback(settings, result):
+def _ship_first_version(settings, result) -> tuple[Path, list]:
+    """v1 shipped at 10 % (staged, no previous, rule-based fallback) with Core ML + ONNX."""
     first = _ship_new_version(settings, result, "w1")
     verify_path(first)
     m1 = _manifest(first)
@@ -144,9 +144,11 @@ def test_staged_rollout_promote_and_rollback(settings, result):
     assert m1["fallback"]["kind"] == "rule_based"
     v1_models = _family_models(m1, "champion")
     assert [v for v, _, _ in v1_models] == ["1", "1"]  # Core ML + ONNX
+    return first, v1_models
 
-    # Widen v1 to 100 %, then ship v2 at 10 % with v1 as the fallback.
-    runner = CliRunner()
+
+def _widen_first_and_refuse_replay(runner: CliRunner, first: Path) -> None:
+    """Widen v1 to 100 % from the CLI; the old 10 % manifest put back is refused."""
     assert runner.invoke(app, ["ota", "verify", str(first.parent.parent)]).exit_code == 0
     staged = {p: p.read_bytes() for p in (first, first.with_name("manifest.json.sig"))}
     res = runner.invoke(app, ["ota", "promote", ATHLETE, "recovery", "--percent", "100"])
@@ -163,6 +165,9 @@ def test_staged_rollout_promote_and_rollback(settings, result):
     for p, data in promoted.items():
         p.write_bytes(data)
 
+
+def _ship_second_version_and_widen(settings, result, first: Path, v1_models: list) -> Path:
+    """v2 at 10 % with v1 as the fallback, then widened (re-signed) to 100 %."""
     better = copy.copy(result)
     better.params = dict(result.params, variant="v2")
     second = _ship_new_version(settings, better, "w2", reviewer="bob")
@@ -183,10 +188,11 @@ def test_staged_rollout_promote_and_rollback(settings, result):
     assert _manifest(second)["rollout"]["recovery"]["percent"] == 100
     with pytest.raises(RolloutError, match="only widens"):
         promote_rollout(settings, ATHLETE, "recovery", 50, actor="carol")
+    return second
 
-    # Refusals before any rollback: missing version, never-passed version.
-    client = _client(settings)
-    name = registered_name(settings, "recovery", ATHLETE)
+
+def _refuse_bad_rollbacks(settings, result, runner: CliRunner, client, name: str) -> None:
+    """Refusals before any rollback: missing version, never-passed version, no reason."""
     with pytest.raises(RolloutError, match="version 99 does not exist"):
         rollback_champion(settings, ATHLETE, "recovery", reason="x", actor="d", to_version="99")
     bad, _ = _register_never_passed(settings, result)
@@ -197,7 +203,10 @@ def test_staged_rollout_promote_and_rollback(settings, result):
         rollback_champion(settings, ATHLETE, "recovery", reason=" ", actor="d")
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "2"
 
-    # The rollback restores v1 and its files, for every device, and records why.
+
+def _roll_back_to_first(settings, runner: CliRunner, client, name: str, second: Path,
+                        v1_models: list) -> dict:
+    """The rollback restores v1 and its files, for every device, and records why."""
     res = runner.invoke(app, ["registry", "rollback", ATHLETE, "recovery",
                               "--reason", "complaints from riders", "--by", "dave"])
     assert res.exit_code == 0, res.output
@@ -216,8 +225,11 @@ def test_staged_rollout_promote_and_rollback(settings, result):
     assert t2["rolled_back_to"] == "1"
     state = champion_state(client, settings, ATHLETE, "recovery")
     assert state.version == "1" and state.percent == 100
+    return m3
 
-    # Rolling back twice is refused, from the CLI too, and changes nothing.
+
+def _refuse_second_rollback(runner: CliRunner, client, name: str, second: Path) -> None:
+    """Rolling back twice is refused, from the CLI too, and changes nothing."""
     manifest_bytes = second.read_bytes()
     res = runner.invoke(app, ["registry", "rollback", ATHLETE, "recovery", "--to", "2",
                               "--reason", "again"])
@@ -225,7 +237,9 @@ def test_staged_rollout_promote_and_rollback(settings, result):
     assert second.read_bytes() == manifest_bytes
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
 
-    # A tampered byte is still caught after all this re-signing.
+
+def _tampered_byte_is_caught(runner: CliRunner, second: Path, m3: dict) -> None:
+    """A tampered byte is still caught after all this re-signing."""
     res = runner.invoke(app, ["ota", "verify", str(second)])
     assert res.exit_code == 0, res.output
     model = second.parent.parent / next(m["file"] for m in m3["models"])
@@ -233,6 +247,21 @@ def test_staged_rollout_promote_and_rollback(settings, result):
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
     assert runner.invoke(app, ["ota", "verify", str(second)]).exit_code == 1
+
+
+@pytest.mark.slow  # real Core ML + ONNX exports of two versions, ~20-45 s
+def test_staged_rollout_promote_and_rollback(settings, result):
+    first, v1_models = _ship_first_version(settings, result)
+    # Widen v1 to 100 %, then ship v2 at 10 % with v1 as the fallback.
+    runner = CliRunner()
+    _widen_first_and_refuse_replay(runner, first)
+    second = _ship_second_version_and_widen(settings, result, first, v1_models)
+    client = _client(settings)
+    name = registered_name(settings, "recovery", ATHLETE)
+    _refuse_bad_rollbacks(settings, result, runner, client, name)
+    m3 = _roll_back_to_first(settings, runner, client, name, second, v1_models)
+    _refuse_second_rollback(runner, client, name, second)
+    _tampered_byte_is_caught(runner, second, m3)
 
 
 def test_rollback_without_champion_or_previous_is_refused(settings, result):
