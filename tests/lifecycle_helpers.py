@@ -28,9 +28,10 @@ from veloready_pipeline.config import Settings, load_settings
 from veloready_pipeline.export.ota import load_public_key, public_key_path, verify_path
 from veloready_pipeline.lifecycle.manifests import RECORD
 from veloready_pipeline.lifecycle.publish import export_registered, publish_manifests
-from veloready_pipeline.lifecycle.registry import KnownRuns, register_results, residual_svg
+from veloready_pipeline.lifecycle.registry import KnownRuns, register_results
 from veloready_pipeline.lifecycle.review import shippable
 from veloready_pipeline.lifecycle.store import EXPERIMENT
+from veloready_pipeline.plots import model_svg
 from veloready_pipeline.summary import summary_rows
 from veloready_pipeline.training import score_model
 
@@ -43,7 +44,7 @@ def run_week(results: list[Any], settings: Settings, workdir: Path,
     outcomes = [o for chunk in (results[:1], results[1:])
                 for o in register_results(chunk, settings, data_hash=data_hash,
                                           lineage={"source": "test"}, score_fn=score_model,
-                                          plot_fn=residual_svg, workdir=workdir,
+                                          plot_fn=model_svg, workdir=workdir,
                                           known_runs=known)]
     exports = export_registered(results, shippable(outcomes), settings)
     manifests = publish_manifests(outcomes, settings)

@@ -11,7 +11,7 @@ from veloready_pipeline.config import load_settings
 from veloready_pipeline.lifecycle.registry import register_results
 from veloready_pipeline.lifecycle.store import CHAMPION, registered_name
 from veloready_pipeline.models.recovery import train_recovery_model
-from veloready_pipeline.plots import plot_residuals
+from veloready_pipeline.plots import model_svg
 from veloready_pipeline.training import score_model
 
 
@@ -28,7 +28,7 @@ def good_result():
 
 def _register(results, settings, tmp_path, digest="d1"):
     return register_results(results, settings, data_hash=digest, lineage={"source": "test"},
-                            score_fn=score_model, plot_fn=plot_residuals, workdir=tmp_path)
+                            score_fn=score_model, plot_fn=model_svg, workdir=tmp_path)
 
 
 def test_first_passing_model_becomes_champion_and_rerun_is_idempotent(settings, good_result,

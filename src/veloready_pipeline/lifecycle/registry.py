@@ -314,7 +314,7 @@ def register_results(
         score_fn: loss of a model on ``result.test_X/test_y`` (lower is better); used
             to re-score the current champion on the new test part.
         plot_fn: writes a residual plot for a result into a folder and returns its path
-            (the flow passes `residual_svg`: ~1 ms a model, where a matplotlib PNG costs
+            (the flow passes `plots.model_svg`: ~1 ms a model, where a matplotlib PNG costs
             ~0.3 s of CPU, a tenth of a model's whole training at 1,000 athletes).
         known_runs: the runs already logged under ``data_hash``, carried from one call
             to the next by a caller that registers in chunks (see `KnownRuns`);
@@ -551,56 +551,6 @@ def _client_run(client: MlflowClient, experiment_id: str, run_name: str,
         client.set_terminated(run.info.run_id, "FAILED")
         raise
     client.set_terminated(run.info.run_id)
-
-
-def residual_svg(result: ModelResult, out_dir: Path) -> Path:
-    """Predicted vs actual and residuals over the test days, as a small SVG file.
-
-    The same two panels as `plots.plot_residuals`, written as text: every run keeps a
-    residual plot (the MLflow UI shows SVG) at ~1 ms instead of ~300 ms of matplotlib.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"residuals-{result.family}-{athlete_key(result.athlete_id)}.svg"
-    y = np.asarray(result.test_y, dtype=float)
-    p = np.asarray(result.test_pred, dtype=float)
-    if y.ndim > 1:  # multi-output (zones): the first output (FTP)
-        y, p = y[:, 0], p[:, 0]
-    ok = np.isfinite(y) & np.isfinite(p)
-    y, p = y[ok], p[ok]
-    w, h, pad = 300.0, 220.0, 30.0
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * w:.0f}" height="{h:.0f}" '
-             f'font-family="sans-serif" font-size="10">',
-             f'<text x="{pad}" y="14">{result.family} {result.athlete_id}: predicted vs '
-             f'actual (test part)</text>',
-             f'<text x="{w + pad}" y="14">residual by test day (from '
-             f'{result.data_window.get("test_start", "?")})</text>']
-    if len(y):
-        lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
-        span = (hi - lo) or 1.0
-
-        def sx(v: float) -> float:
-            return pad + (v - lo) / span * (w - 2 * pad)
-
-        def sy(v: float) -> float:
-            return h - pad - (v - lo) / span * (h - 2 * pad)
-
-        parts.append(f'<line x1="{sx(lo):.1f}" y1="{sy(lo):.1f}" x2="{sx(hi):.1f}" '
-                     f'y2="{sy(hi):.1f}" stroke="black" stroke-dasharray="4"/>')
-        parts += [f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="2.5" fill="steelblue"/>'
-                  for a, b in zip(y, p, strict=True)]
-        res = p - y
-        top = float(np.abs(res).max()) or 1.0
-        step = (w - 2 * pad) / max(len(res) - 1, 1)
-        mid = h / 2
-        pts = " ".join(f"{w + pad + i * step:.1f},{mid - r / top * (h / 2 - pad):.1f}"
-                       for i, r in enumerate(res))
-        parts.append(f'<line x1="{w + pad}" y1="{mid}" x2="{2 * w - pad}" y2="{mid}" '
-                     f'stroke="black"/>')
-        parts.append(f'<polyline points="{pts}" fill="none" stroke="steelblue"/>')
-        parts.append(f'<text x="{w + pad}" y="{h - 8}">max |residual| {top:.2f}</text>')
-    parts.append("</svg>")
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
 
 
 def _register_version(
