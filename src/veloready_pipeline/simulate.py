@@ -44,10 +44,7 @@ deterministic per seed.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -56,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from veloready_pipeline.features_nets import INJURY_HORIZON
+from veloready_pipeline.fsio import atomic_write_with
 from veloready_pipeline.schema import COLUMNS_BY_NAME, POWER_COLUMNS, POWER_DURATIONS_S
 from veloready_pipeline.training_load import ATL_DAYS, CTL_DAYS
 
@@ -1097,19 +1095,6 @@ def _simulate_power(
 # --------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, writer: Callable[[Path], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 #: Sub-folder of a simulation folder that holds the hidden truth (no data reader looks
 #: inside it: a canonical folder source reads only the files directly in the folder).
 TRUTH_DIR = "truth"
@@ -1168,15 +1153,15 @@ def write_simulation(result: SimulationResult, out_dir: Path) -> Path:
     paths = truth_paths(out_dir)
     paths["params"].parent.mkdir(parents=True, exist_ok=True)
     out = out_dir / "athletes.parquet"
-    _atomic_write(out, lambda p: rows.to_parquet(p, index=False))
-    _atomic_write(paths["params"], lambda p: result.athletes.to_parquet(p, index=False))
+    atomic_write_with(out, lambda p: rows.to_parquet(p, index=False))
+    atomic_write_with(paths["params"], lambda p: result.athletes.to_parquet(p, index=False))
     if len(result.latent):
-        _atomic_write(paths["latent"], lambda p: result.latent.to_parquet(p, index=False))
+        atomic_write_with(paths["latent"], lambda p: result.latent.to_parquet(p, index=False))
     elif paths["latent"].exists():
         paths["latent"].unlink()  # a stale truth of an earlier simulation
     for legacy in TRUTH_FILES:  # where versions before the truth/ folder wrote them
         (out_dir / legacy).unlink(missing_ok=True)
-    _atomic_write(out_dir / "truth.json",
+    atomic_write_with(out_dir / "truth.json",
                   lambda p: p.write_text(json.dumps(truth, indent=2), encoding="utf-8"))
     return out
 

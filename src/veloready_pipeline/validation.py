@@ -54,8 +54,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -65,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from veloready_pipeline.fsio import atomic_write_text
 from veloready_pipeline.ids import athlete_key
 from veloready_pipeline.schema import (
     CANONICAL_COLUMNS,
@@ -551,17 +550,6 @@ def _md_cell(value: Any) -> str:
 
 def _fmt_bound(value: float | None) -> str:
     return "-inf" if value is None else f"{value:g}"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _Rows:
@@ -1501,18 +1489,18 @@ def write_quarantine_reports(outcome: ValidationOutcome, out_dir: Path) -> list[
     for aid, report in sorted(outcome.quarantined.items()):
         stem = athlete_key(aid)
         md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
-        _atomic_write(md, report.to_markdown())
-        _atomic_write(js, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+        atomic_write_text(md, report.to_markdown())
+        atomic_write_text(js, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
         written += [md, js]
         index["reports"][aid] = {"markdown": md.name, "json": js.name,
                                  "reason": report.first_failure()}
     notes = out_dir / "data_notes.json"
-    _atomic_write(notes, json.dumps({"counts": outcome.note_counts(),
+    atomic_write_text(notes, json.dumps({"counts": outcome.note_counts(),
                                      "athletes": outcome.data_notes},
                                     indent=2, default=str) + "\n")
     written.append(notes)
     index["data_notes"] = notes.name
     idx = out_dir / "index.json"
-    _atomic_write(idx, json.dumps(index, indent=2, default=str) + "\n")
+    atomic_write_text(idx, json.dumps(index, indent=2, default=str) + "\n")
     written.append(idx)
     return written

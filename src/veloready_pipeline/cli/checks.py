@@ -17,6 +17,7 @@ from typing import Any
 
 from veloready_pipeline.cli.common import csv
 from veloready_pipeline.cli.errors import UserError, one_line
+from veloready_pipeline.fsio import atomic_write_text
 
 
 def check_home(settings: Any) -> None:
@@ -187,10 +188,7 @@ def write_not_started(summary_json: Path | None, settings: Any, message: str,
     body = {"status": "not_started", "started": False, "reason": message,
             "command": command, "argv": sys.argv[1:], "checked_at": now.isoformat()}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(body, indent=2) + "\n", mode=0o644)
     except OSError:
         return None  # e.g. VELOREADY_HOME is a file: the one-line error says so
     return path

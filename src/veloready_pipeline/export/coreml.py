@@ -26,8 +26,6 @@ UUIDs derived from the item path), so re-publishing an unchanged model is a no-o
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 import time
 import uuid
@@ -60,6 +58,7 @@ from veloready_pipeline.export.onnx_export import (
     run_onnx,
 )
 from veloready_pipeline.export.quantize import module_with_state, read_back_state_dict
+from veloready_pipeline.fsio import atomic_write_bytes, replace_dir
 
 # torch, xgboost and coremltools are imported inside the functions that use them: heavy
 # optional libraries (seconds to import) that only the export stage needs.
@@ -101,28 +100,6 @@ def _check_name(name: str) -> str:
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise ValueError(f"export name {name!r} must be a plain file stem")
     return name
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _replace_dir(src: Path, dest: Path) -> None:
-    """Move directory ``src`` to ``dest``, replacing an existing ``dest`` with one rename.
-
-    ``os.replace`` cannot overwrite a non-empty directory, so an existing ``dest`` is
-    first renamed aside; readers see either the old or the new package, never a mix.
-    """
-    aside = None
-    if dest.exists():
-        aside = dest.with_name(f".{dest.name}.old.{os.getpid()}")
-        os.replace(dest, aside)
-    os.replace(src, dest)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _normalize_package(package: Path) -> None:
@@ -456,7 +433,7 @@ def export_xgboost(booster: xgboost.Booster, feature_names: list[str], out_dir: 
     started = time.perf_counter()
     spec = _fixed_xgboost_spec(booster, feature_names, input_name, output_name, ct_meta)
     coreml_path = out_dir / f"{name}.mlmodel"
-    _atomic_write_bytes(coreml_path, spec.SerializeToString(deterministic=True))
+    atomic_write_bytes(coreml_path, spec.SerializeToString(deterministic=True), mode=0o644)
     coreml_seconds = time.perf_counter() - started
     shipped = ct.utils.load_spec(str(coreml_path))
 
@@ -516,7 +493,7 @@ def _save_package(mlmodel: Any, dest: Path, short: str, metadata: dict[str, str]
         with ct_call():
             mlmodel.save(str(staged))
         _normalize_package(staged)
-        _replace_dir(staged, dest)
+        replace_dir(staged, dest)
 
 
 def _weights_bytes(package: Path) -> int:

@@ -29,6 +29,7 @@ from veloready_pipeline.export import (
     digest_path,
     size_path,
 )
+from veloready_pipeline.fsio import atomic_write_bytes
 
 if TYPE_CHECKING:
     import onnx
@@ -47,13 +48,6 @@ __all__ = [
 PARITY_ATOL = 1e-4
 ONNX_OPSET = 17
 _ML_OPSET = 3
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def check_parity(target: str, got: np.ndarray, expected: np.ndarray,
@@ -179,7 +173,7 @@ def export_xgboost_onnx(booster: xgboost.Booster, n_features: int, path: Path | 
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)
     onnx.checker.check_model(model)
-    _atomic_write_bytes(path, model.SerializeToString())
+    atomic_write_bytes(path, model.SerializeToString(), mode=0o644)
     return model
 
 
@@ -223,8 +217,7 @@ def export_torch_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path
             entry = model.metadata_props.add()
             entry.key, entry.value = key, str(value)
         onnx.checker.check_model(model)
-        tmp.write_bytes(model.SerializeToString())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, model.SerializeToString(), mode=0o644)
         with torch.no_grad():
             expected = module(sample)
     finally:

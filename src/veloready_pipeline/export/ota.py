@@ -72,6 +72,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from veloready_pipeline.export import ExportedArtifact, digest_path, size_path
+from veloready_pipeline.fsio import atomic_write_bytes, atomic_write_with
 
 __all__ = [
     "DEFAULT_VALIDITY_DAYS",
@@ -231,20 +232,9 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a synced temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Public files (manifests, signatures, keys' public halves, records): readable by
+    the server that hands them to phones."""
+    atomic_write_bytes(path, data, mode=0o644)
 
 
 def _canonical(obj: Any) -> bytes:
@@ -417,26 +407,13 @@ def _publish_file(source: Path, dest: Path) -> None:
     The new bytes are staged next to ``dest``; if ``dest`` already holds identical
     bytes nothing is replaced (idempotent re-publication).
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    def write(tmp: Path) -> None:
         if source.is_dir():
             _zip_package(source, tmp)
         else:
             shutil.copyfile(source, tmp)
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        if dest.is_file() and digest_path(dest) == digest_path(tmp):
-            tmp.unlink()
-            return
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+
+    atomic_write_with(dest, write, mode=0o644, keep_if_identical=True)
 
 
 @contextlib.contextmanager
