@@ -36,7 +36,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from veloready_pipeline.config import load_settings
+from veloready_pipeline.config import TrainingConfig, load_settings
 from veloready_pipeline.features_nets import make_injury_dataset
 from veloready_pipeline.models.injury import (
     count_onsets,
@@ -54,7 +54,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, float]:
     latent = sim.latent.set_index(["athlete_id", "date"])["injury_risk_ahead"]
     datasets = {str(aid): make_injury_dataset(rows)
                 for aid, rows in sim.frame.groupby("athlete_id", sort=True)}
-    results = train_injury_models(datasets, settings)
+    results = train_injury_models(datasets, TrainingConfig.from_settings(settings, "injury"))
     pooled = pooled_injury_metrics(results.values())
     ys, sims = [], []
     onsets_per_rider = []

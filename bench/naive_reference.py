@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import optuna
 
-from veloready_pipeline.config import Settings
+from veloready_pipeline.config import TrainingConfig
 from veloready_pipeline.models.net_fit import fit_single
 from veloready_pipeline.models.net_layers import PlainNet, clone_template
 from veloready_pipeline.models.net_tuning import (
@@ -42,7 +42,7 @@ from veloready_pipeline.tuning import derive_seed, n_trials_for, new_study, sugg
 def replay_naive(
     family: NetFamily,
     athletes: Sequence[TrainData],
-    settings: Settings,
+    config: TrainingConfig,
     records: Sequence[TrialRecord],
     only: Sequence[int] | None = None,
 ) -> tuple[list[TunedAthlete], dict[str, float]]:
@@ -70,9 +70,9 @@ def replay_naive(
         arch = rec.params.get("hidden")
         if arch not in populations:
             t0 = time.perf_counter()
-            populations[arch] = fit_population(family, athletes, rec.params, settings)[0]
+            populations[arch] = fit_population(family, athletes, rec.params, config)[0]
             pop_s += time.perf_counter() - t0
-        cfg = fit_config(settings, family.name, rec.params, family.loss)
+        cfg = fit_config(config, family.name, rec.params, family.loss)
         t0 = time.perf_counter()
         for i, data in enumerate(looped):
             module = clone_template((type(populations[arch]),
@@ -84,13 +84,13 @@ def replay_naive(
             history[i].append(val)
             tuned = TunedAthlete(data.athlete_id, module, dict(rec.params), val, rec.number,
                                  epoch, [])
-            if settings.tuning.net_pick == "batch":
+            if config.tuning.net_pick == "batch":
                 chosen_picks[i].append(tuned)
             current = best[i]
             if current is None or val < current.val_loss:
                 best[i] = tuned
         loop_s += time.perf_counter() - t0
-    if settings.tuning.net_pick == "batch":
+    if config.tuning.net_pick == "batch":
         # Same rule as the batched path: the trial with the best mean validation loss.
         def objective(k: int) -> tuple[bool, float]:
             vals = np.array([h[k] for h in history])
@@ -107,7 +107,7 @@ def replay_naive(
     return picks, {"population_seconds": pop_s, "loop_seconds": loop_s}
 
 
-def tune_single(family: NetFamily, data: TrainData, settings: Settings) -> TunedAthlete:
+def tune_single(family: NetFamily, data: TrainData, config: TrainingConfig) -> TunedAthlete:
     """The naive loop's unit: one athlete's own Optuna study, one plain network per trial.
 
     What a per-athlete Python loop does without batching: the same search space,
@@ -117,10 +117,10 @@ def tune_single(family: NetFamily, data: TrainData, settings: Settings) -> Tuned
     with the same early stopping; normalisation from the athlete's own training rows.
     The benchmarks time it against the batched path on the same athletes.
     """
-    space = settings.tuning.spaces[family.name].params
-    n_trials = n_trials_for(settings.tuning, space)
-    study = new_study(settings.tuning, space,
-                      derive_seed(settings.seed, family.name, data.athlete_id, "naive"),
+    space = config.space
+    n_trials = n_trials_for(config.tuning, space)
+    study = new_study(config.tuning, space,
+                      derive_seed(config.seed, family.name, data.athlete_id, "naive"),
                       pruner=median_pruner(n_trials))
     attach_stats(family, [data])
     best: TunedAthlete | None = None
@@ -128,11 +128,11 @@ def tune_single(family: NetFamily, data: TrainData, settings: Settings) -> Tuned
     for number in range(n_trials):
         trial = study.ask()
         params = suggest(trial, space)
-        module = init_plain(family, params, data.x_train.shape[-1], settings.seed,
+        module = init_plain(family, params, data.x_train.shape[-1], config.seed,
                             data.athlete_id, number)
         set_stats(module, data.stats | data.buffers)
-        cfg = fit_config(settings, family.name, params, family.loss)
-        cfg.max_epochs = settings.tuning.population_max_epochs
+        cfg = fit_config(config, family.name, params, family.loss)
+        cfg.max_epochs = config.tuning.population_max_epochs
         pruned = False
 
         def report(step: int, value: float, trial: optuna.Trial = trial) -> bool:

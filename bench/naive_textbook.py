@@ -87,6 +87,7 @@ def _tasks() -> dict[str, Any]:
     @task(name="naive-net-trial")
     def net_trial(family: str, params: dict[str, Any], data: Any, settings: Any,
                   number: int) -> tuple[Any, float]:
+        from veloready_pipeline.config import TrainingConfig
         from veloready_pipeline.models.net_fit import fit_single
         from veloready_pipeline.models.net_tuning import (
             attach_stats,
@@ -100,7 +101,8 @@ def _tasks() -> dict[str, Any]:
         module = init_plain(spec, params, data.x_train.shape[-1], settings.seed,
                             data.athlete_id, number)
         set_stats(module, data.stats)
-        cfg = fit_config(settings, family, params, spec.loss)
+        cfg = fit_config(TrainingConfig.from_settings(settings, family), family, params,
+                         spec.loss)
         cfg.max_epochs = settings.tuning.population_max_epochs
         module, val, _ = fit_single(module, data.x_train, data.y_train, data.x_val,
                                     data.y_val, cfg)

@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.naive_reference import replay_naive, tune_single  # noqa: E402
-from veloready_pipeline.config import load_settings  # noqa: E402
+from veloready_pipeline.config import TrainingConfig, load_settings  # noqa: E402
 from veloready_pipeline.features_nets import (  # noqa: E402
     NetDataset,
     make_injury_dataset,
@@ -107,11 +107,11 @@ def summarise(family: str, datasets: Sequence[NetDataset], picks: Sequence[Tuned
 
 def run_family(name: str, frames: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     family, make_dataset, evaluate = FAMILIES[name]
-    settings = load_settings(
+    config = TrainingConfig.from_settings(load_settings(
         seed=args.seed,
         tuning={"n_trials": args.trials, "sampler": args.sampler},
         execution={"chunk_size": args.chunk, "torch_threads": 1},
-    )
+    ), family.name)
     datasets = [make_dataset(f) for f in frames.values()]
     ready = [d for d in datasets if not d.skip_reason]
     skipped = len(datasets) - len(ready)
@@ -126,17 +126,17 @@ def run_family(name: str, frames: dict[str, Any], args: argparse.Namespace) -> d
     for start in range(0, len(ready), args.chunk):
         chunk = ready[start : start + args.chunk]
         with batched_t:
-            picks, summary = tune_batched(family, [train_data(d) for d in chunk], settings,
+            picks, summary = tune_batched(family, [train_data(d) for d in chunk], config,
                                           batch_key=f"bench{start}")
         all_picks += picks
         k = max(1, round(len(chunk) * args.naive_share))
         only = list(range(k))
         with single_t:
-            sample_single += [tune_single(family, train_data(chunk[i]), settings)
+            sample_single += [tune_single(family, train_data(chunk[i]), config)
                               for i in only]
         if args.replay:
             with Timer() as t_replay:
-                naive, timing = replay_naive(family, [train_data(d) for d in chunk], settings,
+                naive, timing = replay_naive(family, [train_data(d) for d in chunk], config,
                                              summary["trials"], only=only)
             # Split the replay's CPU time between population fits and the loop by wall share.
             loop_share = timing["loop_seconds"] / max(t_replay.wall, 1e-9)

@@ -384,10 +384,13 @@ def run_naive(frame: Any, families: list[str], settings: Any,
 
 def naive_one(family: str, rows: Any, settings: Any) -> bool:
     """Train and test-score one athlete's model of ``family`` alone; False if skipped."""
+    from veloready_pipeline.config import TrainingConfig
+
+    config = TrainingConfig.from_settings(settings, family)
     if family == "recovery":
         from veloready_pipeline.models.recovery import train_recovery_model
 
-        return train_recovery_model(rows, settings).status == "trained"
+        return train_recovery_model(rows, config).status == "trained"
     import torch
 
     from bench.naive_reference import tune_single
@@ -403,7 +406,7 @@ def naive_one(family: str, rows: Any, settings: Any) -> bool:
     ds = make(rows)
     if ds.skip_reason:
         return False
-    evaluate(ds, tune_single(spec, train_data(ds), settings).model)
+    evaluate(ds, tune_single(spec, train_data(ds), config).model)
     return True
 
 

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from veloready_pipeline.config import load_settings
+from veloready_pipeline.config import TrainingConfig, load_settings
 from veloready_pipeline.features_nets import (
     ZONE_ANCHOR_FEATURE,
     ZONE_POWER_FEATURES,
@@ -186,7 +186,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         from veloready_pipeline.models.zones import train_zone_models
 
         t0 = time.perf_counter()
-        results = train_zone_models(datasets, settings)
+        results = train_zone_models(datasets, TrainingConfig.from_settings(settings, "zones"))
         out["train_seconds"] = time.perf_counter() - t0
         refs["model"] = Reference()
         for aid, ds in scored.items():

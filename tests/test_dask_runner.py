@@ -19,7 +19,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.weekly_training import weekly_training
 from tasks.runners import make_task_runner
-from veloready_pipeline.config import load_settings
+from veloready_pipeline.config import TrainingConfig, load_settings
 from veloready_pipeline.simulate import simulate_athletes, write_simulation
 from veloready_pipeline.timing import ENV as TIMING_ENV
 from veloready_pipeline.timing import read_records
@@ -122,7 +122,8 @@ def test_export_in_local_processes_equals_serial_export(veloready_home, monkeypa
     from veloready_pipeline.models.recovery import train_recovery_model
 
     base = load_settings(tuning={"n_trials": 2})
-    results = [train_recovery_model(toy_athlete(f"x{i}", n=120, seed=i, noise=2.0), base)
+    config = TrainingConfig.from_settings(base, "recovery")
+    results = [train_recovery_model(toy_athlete(f"x{i}", n=120, seed=i, noise=2.0), config)
                for i in range(8)]
     outcomes = [SimpleNamespace(athlete_id=r.athlete_id, family=r.family, version="1",
                                 registered_name=f"veloready-recovery-{r.athlete_id}",

@@ -22,7 +22,7 @@ import pytest
 from lifecycle_helpers import run_week, snapshot
 
 from helpers_data import toy_athlete
-from veloready_pipeline.config import load_settings
+from veloready_pipeline.config import TrainingConfig, load_settings
 from veloready_pipeline.lifecycle.manifests import lifecycle_status, shipped_in_manifest
 from veloready_pipeline.models.recovery import train_recovery_model
 
@@ -39,12 +39,15 @@ def weeks():
     settings = load_settings(tuning={"n_trials": 3})
     week1, week2 = [], []
     for aid in ATHLETES:
-        good = train_recovery_model(toy_athlete(aid, n=140, seed=3, noise=2.0), settings)
+        good = train_recovery_model(toy_athlete(aid, n=140, seed=3, noise=2.0),
+                                    TrainingConfig.from_settings(settings, "recovery"))
         assert good.passed, good.reason
         worse = copy.copy(good)
         worse.params = dict(good.params, variant="worse")
         worse.model = train_recovery_model(toy_athlete(aid, n=140, seed=99, noise=6.0),
-                                           load_settings(tuning={"n_trials": 2})).model
+                                           TrainingConfig.from_settings(
+                                               load_settings(tuning={"n_trials": 2}),
+                                               "recovery")).model
         week1.append(worse)
         week2.append(good)
     return week1, week2

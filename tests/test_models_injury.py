@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from veloready_pipeline.config import GateThresholds, load_settings
+from veloready_pipeline.config import GateThresholds, TrainingConfig, load_settings
 from veloready_pipeline.features_nets import FEATURE_NAMES_INJURY, make_injury_dataset
 from veloready_pipeline.gates import injury_verdict
 from veloready_pipeline.models.injury import (
@@ -296,7 +296,8 @@ def injury_results() -> tuple[dict, dict]:
                                              "population_max_epochs": 20,
                                              "net_patience": 10, "net_eval_every": 5})
     with torch.random.fork_rng():
-        results = train_injury_models(datasets, settings)
+        results = train_injury_models(datasets,
+                                      TrainingConfig.from_settings(settings, "injury"))
     return datasets, results
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from veloready_pipeline.config import GateThresholds, load_settings
+from veloready_pipeline.config import GateThresholds, TrainingConfig, load_settings
 from veloready_pipeline.features_nets import (
     FEATURE_NAMES_ZONES,
     LABEL_NAMES_ZONES,
@@ -191,8 +191,12 @@ def _settings(**tuning):
     return load_settings(seed=11, tuning=base | tuning, execution={"chunk_size": 50})
 
 
+def _config(**tuning):
+    return TrainingConfig.from_settings(_settings(**tuning), "zones")
+
+
 def test_train_zone_models_end_to_end(zone_datasets: dict) -> None:
-    results = train_zone_models(zone_datasets, _settings())
+    results = train_zone_models(zone_datasets, _config())
     assert set(results) == set(zone_datasets)
     trained = [r for r in results.values() if r.status == "trained"]
     skipped = [r for r in results.values() if r.status == "skipped"]
@@ -220,11 +224,11 @@ def test_train_zone_models_end_to_end(zone_datasets: dict) -> None:
 
 
 def test_zone_training_is_reproducible_and_seed_dependent(zone_datasets: dict) -> None:
-    a = train_zone_models(zone_datasets, _settings())
-    b = train_zone_models(zone_datasets, _settings())
-    c = train_zone_models(zone_datasets, load_settings(
+    a = train_zone_models(zone_datasets, _config())
+    b = train_zone_models(zone_datasets, _config())
+    c = train_zone_models(zone_datasets, TrainingConfig.from_settings(load_settings(
         seed=12, tuning={"n_trials": 3, "zones_max_epochs": 40, "population_max_epochs": 60,
-                         "net_patience": 15}))
+                         "net_patience": 15}), "zones"))
     for aid, ra in a.items():
         if ra.status != "trained":
             continue
@@ -238,8 +242,8 @@ def test_grid_sampler_and_per_athlete_pick(zone_datasets: dict, monkeypatch) -> 
 
     # These riders have 1-2 validation tests; allow the fine-tune pick for all of them.
     monkeypatch.setattr(zones, "MIN_PERSONAL_VAL_TESTS", 1)
-    settings = _settings(sampler="grid", grid_points=2, n_trials=4, net_pick="athlete")
-    results = train_zone_models(zone_datasets, settings)
+    config = _config(sampler="grid", grid_points=2, n_trials=4, net_pick="athlete")
+    results = train_zone_models(zone_datasets, config)
     trained = [r for r in results.values() if r.status == "trained"]
     assert all(r.params["sampler"] == "grid" for r in trained)
     for r in trained:
@@ -256,11 +260,11 @@ def test_replay_naive_reproduces_the_batched_result(zone_datasets: dict) -> None
         sys.path.insert(0, root)
     from bench.naive_reference import replay_naive
 
-    settings = _settings(n_trials=2)
+    config = _config(n_trials=2)
     ready = [d for d in zone_datasets.values() if not d.skip_reason][:3]
     data = [train_data(d) for d in ready]
-    picks, summary = tune_batched(ZONE_FAMILY, data, settings, batch_key="t")
-    naive, timing = replay_naive(ZONE_FAMILY, [train_data(d) for d in ready], settings,
+    picks, summary = tune_batched(ZONE_FAMILY, data, config, batch_key="t")
+    naive, timing = replay_naive(ZONE_FAMILY, [train_data(d) for d in ready], config,
                                  summary["trials"])
     assert timing["loop_seconds"] > 0
     for p, q, ds in zip(picks, naive, ready, strict=True):
@@ -278,7 +282,7 @@ def test_label_names_match_outputs() -> None:
 def test_warm_start_is_tried_first_and_invalid_values_dropped(zone_datasets: dict) -> None:
     warm = {aid: {"hidden": 80, "lr": 0.001, "prior_strength": 99.0, "trial": 4}
             for aid in zone_datasets}
-    results = train_zone_models(zone_datasets, _settings(n_trials=2), warm_starts=warm)
+    results = train_zone_models(zone_datasets, _config(n_trials=2), warm_starts=warm)
     trained = next(r for r in results.values() if r.status == "trained")
     first = trained.extra["batch"]["trials"][0]["params"]
     assert first["hidden"] == 80 and first["lr"] == 0.001
@@ -507,7 +511,7 @@ def test_riders_without_enough_validation_tests_keep_the_population_net(zone_dat
     data = measured_train_data(ready)
     for k, d in enumerate(data):
         d.personal = k == 0
-    picks, _ = tune_batched(ZONE_FAMILY, data, _settings(n_trials=1), batch_key="p")
+    picks, _ = tune_batched(ZONE_FAMILY, data, _config(n_trials=1), batch_key="p")
     shared = [p for p, d in zip(picks, data, strict=True) if not d.personal]
     assert len(shared) >= 2 and all(p.best_epoch == 0 for p in shared)
     ref = shared[0].model.state_dict()

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from veloready_pipeline.config import MonitoringSettings, load_settings
+from veloready_pipeline.config import MonitoringSettings, TrainingConfig, load_settings
 from veloready_pipeline.monitoring import (
     ChampionModel,
     PredictionStore,
@@ -160,7 +160,7 @@ def test_serving_computes_the_pooled_models_relative_inputs_as_training_did():
 
     settings = load_settings(tuning={"n_trials": 2, "recovery_population_trials": 2})
     rows = toy_athlete(n=120, seed=5, noise=2.0)
-    r = train_recovery_model(rows, settings)
+    r = train_recovery_model(rows, TrainingConfig.from_settings(settings, "recovery"))
     assert set(RELATIVE_FEATURES) <= set(r.model.feature_names)
     # one set of constants: run param (monitoring) == export metadata (the phone)
     assert r.params["athlete_baseline"] == json.dumps(r.extra["athlete_baseline"],

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from helpers_data import toy_athlete
 from helpers_prefect import running_prefect_server
-from veloready_pipeline.config import load_settings
+from veloready_pipeline.config import TrainingConfig, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_URL = os.environ.get("VELOREADY_TEST_PG_ADMIN_URL",
@@ -109,7 +109,7 @@ def passing_results() -> list[Any]:
     out = []
     for seed in range(20):  # six learnable toy athletes whose models pass their gates
         r = train_recovery_model(toy_athlete(f"pg{len(out)}", n=140, seed=seed, noise=2.0),
-                                 settings)
+                                 TrainingConfig.from_settings(settings, "recovery"))
         if r.passed:
             out.append(r)
         if len(out) == 6:

@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers_data import toy_athlete
-from veloready_pipeline.config import load_settings
+from veloready_pipeline.config import TrainingConfig, load_settings
 from veloready_pipeline.lifecycle.registry import register_results
 from veloready_pipeline.lifecycle.store import CHAMPION, registered_name
 from veloready_pipeline.models.recovery import train_recovery_model
@@ -23,7 +23,8 @@ def settings(veloready_home):
 @pytest.fixture(scope="module")
 def good_result():
     return train_recovery_model(toy_athlete("r1", n=140, seed=3, noise=2.0),
-                                load_settings(tuning={"n_trials": 4}))
+                                TrainingConfig.from_settings(
+                                    load_settings(tuning={"n_trials": 4}), "recovery"))
 
 
 def _register(results, settings, tmp_path, digest="d1"):
@@ -60,7 +61,9 @@ def test_champion_moves_only_when_beaten_on_same_test_data(settings, good_result
     worse = copy.copy(good_result)
     worse.params = dict(good_result.params, variant="worse")
     worse.model = train_recovery_model(toy_athlete("r1", n=140, seed=99, noise=6.0),
-                                       load_settings(tuning={"n_trials": 2})).model
+                                       TrainingConfig.from_settings(
+                                           load_settings(tuning={"n_trials": 2}),
+                                           "recovery")).model
     (o2,) = _register([worse], settings, tmp_path, digest="d2")
     assert o2.version == "2" and not o2.champion
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
@@ -78,7 +81,7 @@ def test_champion_moves_only_when_beaten_on_same_test_data(settings, good_result
 def test_failed_gate_is_logged_but_never_registered(settings, tmp_path):
     df = toy_athlete("r2", n=140, seed=4)
     df["recovery_score"] = np.random.default_rng(1).uniform(0, 100, len(df))
-    bad = train_recovery_model(df, settings)
+    bad = train_recovery_model(df, TrainingConfig.from_settings(settings, "recovery"))
     assert not bad.passed
     (out,) = _register([bad], settings, tmp_path)
     assert out.version is None and out.run_id

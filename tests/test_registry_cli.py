@@ -137,7 +137,7 @@ def test_registry_without_a_command_shows_its_commands(veloready) -> None:
 def store(tmp_path_factory) -> dict[str, Any]:
     """Two recovery challengers (r1, r2) pending review in a SQLite MLflow store."""
     from helpers_data import toy_athlete
-    from veloready_pipeline.config import load_settings
+    from veloready_pipeline.config import TrainingConfig, load_settings
     from veloready_pipeline.lifecycle.registry import register_results
     from veloready_pipeline.models.recovery import train_recovery_model
     from veloready_pipeline.training import score_model
@@ -147,7 +147,8 @@ def store(tmp_path_factory) -> dict[str, Any]:
               "artifact_root": (root / "artifacts").as_uri(),
               "registry_prefix": "clitest", "review_mode": "manual"}
     settings = load_settings(tuning={"n_trials": 3}, **values)
-    results = {aid: train_recovery_model(toy_athlete(aid, n=140, seed=seed, noise=2.0), settings)
+    config = TrainingConfig.from_settings(settings, "recovery")
+    results = {aid: train_recovery_model(toy_athlete(aid, n=140, seed=seed, noise=2.0), config)
                for aid, seed in (("r1", 3), ("r2", 7))}
     assert all(r.passed for r in results.values()), [r.reason for r in results.values()]
     outcomes = register_results(list(results.values()), settings, data_hash="clitest-d1",

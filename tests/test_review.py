@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers_data import toy_athlete
-from veloready_pipeline.config import load_settings
+from veloready_pipeline.config import TrainingConfig, load_settings
 from veloready_pipeline.lifecycle.registry import register_results
 from veloready_pipeline.lifecycle.review import (
     ReviewDecision,
@@ -30,7 +30,8 @@ from veloready_pipeline.training import score_model
 @pytest.fixture(scope="module")
 def results():
     s = load_settings(tuning={"n_trials": 3})
-    out = {aid: train_recovery_model(toy_athlete(aid, n=140, seed=seed, noise=2.0), s)
+    config = TrainingConfig.from_settings(s, "recovery")
+    out = {aid: train_recovery_model(toy_athlete(aid, n=140, seed=seed, noise=2.0), config)
            for aid, seed in (("r1", 3), ("r2", 7))}
     assert all(r.passed for r in out.values()), [r.reason for r in out.values()]
     return out

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import mlflow
 from helpers_data import toy_athlete
 from veloready_pipeline.cli import app
-from veloready_pipeline.config import load_settings
+from veloready_pipeline.config import TrainingConfig, load_settings
 from veloready_pipeline.export.ota import verify_path
 from veloready_pipeline.lifecycle.manifests import device_bucket, in_rollout
 from veloready_pipeline.lifecycle.publish import export_registered, publish_manifests
@@ -83,7 +83,8 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def result():
     r = train_recovery_model(toy_athlete(ATHLETE, n=140, seed=3, noise=2.0),
-                             load_settings(tuning={"n_trials": 3}))
+                             TrainingConfig.from_settings(
+                                 load_settings(tuning={"n_trials": 3}), "recovery"))
     assert r.passed, r.reason
     return r
 

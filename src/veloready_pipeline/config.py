@@ -601,6 +601,39 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.resolve(self.paths.data_dir) / 'briefs.db'}"
 
 
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The part of `Settings` one family's trainer reads (`models.recovery`,
+    `models.zones`, `models.injury`, `models.net_tuning`), cut once by the family
+    (`families.base.ModelFamily.training_config`); the trainers never see the rest.
+
+    ``family``: whose ``gates`` and search ``space`` these are; ``seed``: the run seed
+    every per-athlete seed derives from; ``tuning``: sampler, trial budget, epochs,
+    warm start, pick; ``execution``: ``chunk_size`` and ``torch_threads`` of the net
+    trainers; ``min_history_days`` / ``recovery_target``: what the recovery dataset
+    needs.
+    """
+
+    family: str
+    seed: int
+    tuning: TuningSettings
+    gates: GateThresholds
+    space: dict[str, list[Any]]
+    execution: ExecutionSettings
+    min_history_days: int
+    recovery_target: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings, family: str) -> TrainingConfig:
+        """``family``'s training section of ``settings`` (KeyError if it has no gates
+        or search space there)."""
+        return cls(family=family, seed=settings.seed, tuning=settings.tuning,
+                   gates=settings.gates[family], space=settings.tuning.spaces[family].params,
+                   execution=settings.execution, min_history_days=settings.min_history_days,
+                   recovery_target=settings.recovery_target)
+
+
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in override.items():

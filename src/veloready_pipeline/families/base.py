@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from veloready_pipeline.config import GateThresholds, SearchSpace, Settings
+from veloready_pipeline.config import GateThresholds, SearchSpace, Settings, TrainingConfig
 from veloready_pipeline.gates import GateVerdict
 from veloready_pipeline.results import ModelResult
 
@@ -79,6 +79,11 @@ class ModelFamily(ABC):
             raise UnknownFamilyError(
                 f"settings have no gates.{self.name} (built before the family was "
                 "registered?)") from None
+
+    def training_config(self, settings: Settings) -> TrainingConfig:
+        """The part of ``settings`` this family's trainer (`models.*`) reads."""
+        self.thresholds(settings)  # a family without gates fails naming the setting
+        return TrainingConfig.from_settings(settings, self.name)
 
     @abstractmethod
     def dataset(self, athlete_rows: pd.DataFrame, settings: Settings) -> Any:

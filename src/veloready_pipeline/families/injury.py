@@ -78,7 +78,7 @@ class InjuryFamily(BatchedNetFamily):
                     settings: Settings) -> tuple[Mapping[str, Any], dict[str, float]]:
         from veloready_pipeline.models.injury import pooled_injury_metrics, train_injury_models
 
-        trained = train_injury_models(datasets, settings)
+        trained = train_injury_models(datasets, self.training_config(settings))
         return trained, pooled_injury_metrics(trained.values())
 
     def gate_in_batch(self, result: ModelResult, pooled: dict[str, float],

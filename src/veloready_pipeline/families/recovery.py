@@ -48,13 +48,13 @@ class RecoveryFamily(ModelFamily):
     def dataset(self, athlete_rows: pd.DataFrame, settings: Settings) -> Any:
         from veloready_pipeline.models.recovery import prepare_athlete
 
-        return prepare_athlete(athlete_rows, settings)
+        return prepare_athlete(athlete_rows, self.training_config(settings))
 
     def fit_population(self, frame: pd.DataFrame, athlete_ids: list[str],
                        settings: Settings) -> Any:
         from veloready_pipeline.models.recovery import fit_recovery_population
 
-        return fit_recovery_population(frame, athlete_ids, settings)
+        return fit_recovery_population(frame, athlete_ids, self.training_config(settings))
 
     def train_chunk(self, frame: pd.DataFrame, athlete_ids: list[str], settings: Settings,
                     warm_starts: dict[str, dict[str, Any]] | None = None,
@@ -63,7 +63,8 @@ class RecoveryFamily(ModelFamily):
         one on its own athletes."""
         from veloready_pipeline.models.recovery import train_recovery_chunk
 
-        return train_recovery_chunk(frame, athlete_ids, settings, warm_starts, population)
+        return train_recovery_chunk(frame, athlete_ids, self.training_config(settings),
+                                    warm_starts, population)
 
     def verdict(self, result: ModelResult, metrics: dict[str, float],
                 settings: Settings) -> GateVerdict:

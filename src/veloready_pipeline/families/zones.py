@@ -63,7 +63,7 @@ class ZonesFamily(BatchedNetFamily):
                     settings: Settings) -> tuple[Mapping[str, Any], dict[str, float]]:
         from veloready_pipeline.models.zones import pooled_zone_metrics, train_zone_models
 
-        trained = train_zone_models(datasets, settings)
+        trained = train_zone_models(datasets, self.training_config(settings))
         pooled = pooled_zone_metrics(trained.values(), datasets.values(),
                                      self.thresholds(settings).ftp_test_noise_pct)
         return trained, pooled

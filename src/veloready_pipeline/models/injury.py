@@ -41,7 +41,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from veloready_pipeline.config import Family, Settings
+from veloready_pipeline.config import Family, TrainingConfig
 from veloready_pipeline.features_nets import FEATURE_NAMES_INJURY, NetDataset
 from veloready_pipeline.models.net_layers import BatchedLSTM, PlainLSTM
 from veloready_pipeline.models.net_tuning import FamilyResult, NetFamily, train_net_family
@@ -205,17 +205,18 @@ def pooled_injury_metrics(results: Iterable[FamilyResult]) -> dict[str, float]:
 
 def train_injury_models(
     datasets: Mapping[str, NetDataset],
-    settings: Settings,
+    config: TrainingConfig,
     warm_starts: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, FamilyResult]:
     """Tune, train and evaluate every athlete's injury LSTM, in batches of athletes.
 
     Args:
         datasets: athlete id -> split dataset from `features_nets.make_injury_dataset`.
-        settings: seed, tuning (sampler, trials, space, epochs), execution threads.
+        config: the family's training section (seed, tuning, space, epochs, execution
+            threads), from `families.base.ModelFamily.training_config`.
         warm_starts: athlete id -> last week's best params (enqueued as first trials).
     """
-    results = train_net_family(INJURY_FAMILY, datasets, settings, warm_starts,
+    results = train_net_family(INJURY_FAMILY, datasets, config, warm_starts,
                                evaluate_injury_model)
     for aid, res in results.items():
         ds = datasets[aid]

@@ -35,7 +35,7 @@ import optuna
 import torch
 from torch import nn
 
-from veloready_pipeline.config import Family, Settings
+from veloready_pipeline.config import Family, TrainingConfig
 from veloready_pipeline.features_nets import NetDataset
 from veloready_pipeline.models.net_fit import (
     FitConfig,
@@ -154,10 +154,10 @@ class TrialRecord:
 POPULATION_ID = "__population__"
 
 
-def fit_config(settings: Settings, family: str, params: dict[str, Any],
+def fit_config(config: TrainingConfig, family: str, params: dict[str, Any],
                loss: LossKind) -> FitConfig:
     """Optimiser settings for one trial's personal fine-tune."""
-    nets = settings.tuning
+    nets = config.tuning
     return FitConfig(
         lr=float(params.get("lr", 0.01)),
         weight_decay=float(params.get("weight_decay", 0.0)),
@@ -239,7 +239,7 @@ def _mean_buffers(athletes: Sequence[TrainData]) -> dict[str, np.ndarray]:
 
 
 def fit_population(family: NetFamily, athletes: Sequence[TrainData], params: dict[str, Any],
-                   settings: Settings) -> tuple[PlainNet, float]:
+                   config: TrainingConfig) -> tuple[PlainNet, float]:
     """One network on every athlete's training rows together (the personal prior).
 
     Early-stopped on all validation rows together. Needs pooled statistics (the
@@ -253,19 +253,19 @@ def fit_population(family: NetFamily, athletes: Sequence[TrainData], params: dic
         np.concatenate([a.y_val for a in athletes]),
         stats=athletes[0].stats,
     )
-    module = init_plain(family, params, pooled.x_train.shape[-1], settings.seed,
+    module = init_plain(family, params, pooled.x_train.shape[-1], config.seed,
                         POPULATION_ID, int(params.get("hidden", 0)))
     set_stats(module, pooled.stats | _mean_buffers(athletes))
-    cfg = fit_config(settings, family.name, {"lr": family.population_lr,
+    cfg = fit_config(config, family.name, {"lr": family.population_lr,
                                              "weight_decay": family.population_weight_decay},
                      family.loss)
-    cfg.max_epochs = settings.tuning.population_max_epochs
-    if settings.tuning.population_batch_rows > 0:
+    cfg.max_epochs = config.tuning.population_max_epochs
+    if config.tuning.population_batch_rows > 0:
         # Mini-batches: many more optimiser steps per pass over the pooled rows.
         module, val, _ = fit_single(
             module, pooled.x_train, pooled.y_train, pooled.x_val, pooled.y_val, cfg,
-            batch_rows=settings.tuning.population_batch_rows,
-            seed=derive_seed(settings.seed, family.name, POPULATION_ID))
+            batch_rows=config.tuning.population_batch_rows,
+            seed=derive_seed(config.seed, family.name, POPULATION_ID))
         return module, val
     model = family.batched_cls([module])
     outcome = fit_batched(model, pad_stack([pooled.x_train], [pooled.y_train]),
@@ -306,7 +306,7 @@ def median_pruner(n_trials: int) -> optuna.pruners.BasePruner:
 def tune_batched(
     family: NetFamily,
     athletes: Sequence[TrainData],
-    settings: Settings,
+    config: TrainingConfig,
     batch_key: str = "",
     warm_start: Sequence[dict[str, Any]] = (),
 ) -> tuple[list[TunedAthlete], dict[str, Any]]:
@@ -326,17 +326,17 @@ def tune_batched(
         the per-athlete picks and a summary (trials, pruned, population fits, timings,
         and the trial records the naive benchmark replays).
     """
-    space = settings.tuning.spaces[family.name].params
-    n_trials = n_trials_for(settings.tuning, space)
-    seed = derive_seed(settings.seed, family.name, batch_key)
-    study = new_study(settings.tuning, space, seed, pruner=median_pruner(n_trials))
-    if settings.tuning.warm_start and settings.tuning.sampler == "tpe":
+    space = config.space
+    n_trials = n_trials_for(config.tuning, space)
+    seed = derive_seed(config.seed, family.name, batch_key)
+    study = new_study(config.tuning, space, seed, pruner=median_pruner(n_trials))
+    if config.tuning.warm_start and config.tuning.sampler == "tpe":
         for params in warm_start:
             study.enqueue_trial(_valid_params(params, space))
     attach_stats(family, athletes)
     train = pad_stack([a.x_train for a in athletes], [a.y_train for a in athletes])
     val = pad_stack([a.x_val for a in athletes], [a.y_val for a in athletes])
-    trials = _Trials.start(len(athletes), settings.tuning.net_pick)
+    trials = _Trials.start(len(athletes), config.tuning.net_pick)
     populations: dict[Any, tuple[PlainNet, float]] = {}
     started = time.perf_counter()
     pop_seconds = 0.0
@@ -346,11 +346,11 @@ def tune_batched(
         arch = params.get("hidden")
         if arch not in populations:
             t0 = time.perf_counter()
-            populations[arch] = fit_population(family, athletes, params, settings)
+            populations[arch] = fit_population(family, athletes, params, config)
             pop_seconds += time.perf_counter() - t0
         model = family.batched_cls([populations[arch][0]] * len(athletes))
         _set_batched_buffers(model, athletes)
-        cfg = fit_config(settings, family.name, params, family.loss)
+        cfg = fit_config(config, family.name, params, family.loss)
         outcome = fit_batched(model, train, val, cfg, _pruning_report(trial))
         with torch.no_grad():
             for k, p in model.named_parameters():
@@ -360,14 +360,14 @@ def tune_batched(
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(trial, objective)
-    if settings.tuning.net_pick == "batch":
+    if config.tuning.net_pick == "batch":
         trials.pick_batch()
     picks = _picks(family, athletes, trials, populations)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     summary = {
         "n_trials": n_trials,
         "n_pruned": sum(r.pruned for r in trials.records),
-        "sampler": settings.tuning.sampler,
+        "sampler": config.tuning.sampler,
         "seconds": time.perf_counter() - started,
         "population_seconds": pop_seconds,
         "population_fits": len(populations),
@@ -534,7 +534,7 @@ Evaluator = Callable[[NetDataset, nn.Module],
 def train_net_family(
     family: NetFamily,
     datasets: Mapping[str, NetDataset],
-    settings: Settings,
+    config: TrainingConfig,
     warm_starts: Mapping[str, dict[str, Any]] | None,
     evaluate: Evaluator,
     prepare: Callable[[Sequence[NetDataset]], list[TrainData]] | None = None,
@@ -542,25 +542,25 @@ def train_net_family(
     """Batch, tune, unstack and evaluate every athlete of one network family.
 
     Athletes with a ``skip_reason`` get a ``skipped`` result. The others are trained
-    in batches of ``settings.execution.chunk_size`` (bounded memory); ``evaluate``
+    in batches of ``config.execution.chunk_size`` (bounded memory); ``evaluate``
     scores each unstacked module on its athlete's untouched test part. ``prepare``
     turns a batch's datasets into the rows trained on (default `train_data`: every
     training/validation row). A pick whose best epoch is 0 kept the population network
     (no fine-tune beat it on the athlete's validation rows): ``params["source"]`` says
     ``population`` or ``personal``.
     """
-    torch.set_num_threads(settings.execution.torch_threads)
+    torch.set_num_threads(config.execution.torch_threads)
     results: dict[str, FamilyResult] = {}
     ready = [ds for ds in datasets.values() if not ds.skip_reason]
     for ds in datasets.values():
         if ds.skip_reason:
             results[ds.athlete_id] = _skipped(family.name, ds)
-    size = settings.execution.chunk_size
+    size = config.execution.chunk_size
     for start in range(0, len(ready), size):
         batch = ready[start : start + size]
         key = f"{batch[0].athlete_id}..{batch[-1].athlete_id}:{len(batch)}"
         data = prepare(batch) if prepare is not None else [train_data(ds) for ds in batch]
-        picks, summary = tune_batched(family, data, settings,
+        picks, summary = tune_batched(family, data, config,
                                       batch_key=key,
                                       warm_start=_warm_params(batch, warm_starts))
         summary["trials"] = [asdict(r) for r in summary["trials"]]  # JSON-friendly

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from veloready_pipeline.config import Settings
+from veloready_pipeline.config import TrainingConfig
 from veloready_pipeline.features import (
     POPULATION_RECOVERY_FEATURES,
     athlete_baseline,
@@ -153,20 +153,20 @@ class AthleteData:
 
 
 def prepare_athlete(athlete_rows: pd.DataFrame,
-                    settings: Settings) -> AthleteData | ModelResult:
+                    config: TrainingConfig) -> AthleteData | ModelResult:
     """Features, split and rider-relative inputs, or a `skipped` result saying why."""
     athlete_id = str(athlete_rows["athlete_id"].iloc[0])
-    target = settings.recovery_target
+    target = config.recovery_target
     if target not in athlete_rows or athlete_rows[target].notna().sum() == 0:
         return ModelResult(athlete_id, FAMILY, "skipped",
                            reason=f"no {target} values: the recovery target is missing")
     feats = build_recovery_features(athlete_rows, target=target)
     rows = feats.labelled()
-    if len(rows) < settings.min_history_days:
+    if len(rows) < config.min_history_days:
         return ModelResult(
             athlete_id, FAMILY, "skipped",
             reason=(f"too little history: {len(rows)} labelled days < "
-                    f"{settings.min_history_days}; the app keeps its rule-based fallback"),
+                    f"{config.min_history_days}; the app keeps its rule-based fallback"),
             n_rows={"labelled": len(rows)},
         )
     tr, va, te = split_chronological(len(rows))
@@ -212,7 +212,7 @@ class RecoveryPopulation:
                 "val_rmse": round(self.val_rmse, 4), "params": self.params}
 
 
-def fit_population_from(data: Sequence[AthleteData], settings: Settings,
+def fit_population_from(data: Sequence[AthleteData], config: TrainingConfig,
                         clock: StageTotals | None = None) -> RecoveryPopulation:
     """Tune on the pooled validation parts, fit on the pooled training parts, refit on both.
 
@@ -227,8 +227,8 @@ def fit_population_from(data: Sequence[AthleteData], settings: Settings,
     y_tr = np.concatenate([a.y[a.tr] for a in data])
     X_va = np.concatenate([a.X[a.va] for a in data])
     y_va = np.concatenate([a.y[a.va] for a in data])
-    seed = derive_seed(settings.seed, "population", FAMILY)
-    space = settings.tuning.spaces[FAMILY].params
+    seed = derive_seed(config.seed, "population", FAMILY)
+    space = config.space
     dtrain, dval = _matrix(X_tr, y_tr), _matrix(X_va, y_va)
     fits: dict[int, xgb.Booster] = {}
 
@@ -244,11 +244,11 @@ def fit_population_from(data: Sequence[AthleteData], settings: Settings,
         pred = booster.inplace_predict(X_va, iteration_range=(0, booster.best_iteration + 1))
         return _rmse(pred, y_va)
 
-    study = new_study(settings.tuning, space, seed)
-    if settings.tuning.sampler == "tpe":
+    study = new_study(config.tuning, space, seed)
+    if config.tuning.sampler == "tpe":
         study.enqueue_trial(_within(POPULATION_START, space))
-    n_trials = n_trials_for(settings.tuning.model_copy(update={
-        "n_trials": settings.tuning.recovery_population_trials or settings.tuning.n_trials}),
+    n_trials = n_trials_for(config.tuning.model_copy(update={
+        "n_trials": config.tuning.recovery_population_trials or config.tuning.n_trials}),
         space)
     with warnings.catch_warnings(), clock.part("tune"):
         warnings.simplefilter("ignore")
@@ -270,7 +270,7 @@ def fit_population_from(data: Sequence[AthleteData], settings: Settings,
         booster_full=booster_full, booster_shipped=shipped,
         val_rmse=float(study.best_value), n_athletes=len(data),
         n_rows={"train": len(y_tr), "val": len(y_va)}, n_trials=len(study.trials),
-        sampler=settings.tuning.sampler, athlete_ids=[a.athlete_id for a in data],
+        sampler=config.tuning.sampler, athlete_ids=[a.athlete_id for a in data],
     )
 
 
@@ -291,7 +291,7 @@ def _within(start: dict[str, Any], space: dict[str, list[Any]]) -> dict[str, Any
 
 
 def fit_recovery_population(frame: pd.DataFrame, athlete_ids: Iterable[str],
-                            settings: Settings) -> RecoveryPopulation | None:
+                            config: TrainingConfig) -> RecoveryPopulation | None:
     """The population stage of a run: every rider with enough history, one model.
 
     Returns None when no rider has enough labelled history (each chunk then reports
@@ -306,12 +306,12 @@ def fit_recovery_population(frame: pd.DataFrame, athlete_ids: Iterable[str],
             if rows is None:
                 continue
             try:
-                prepared = prepare_athlete(rows, settings)
+                prepared = prepare_athlete(rows, config)
             except Exception:  # noqa: BLE001 - the chunk task reports this rider's error
                 continue
             if isinstance(prepared, AthleteData):
                 data.append(prepared)
-    population = fit_population_from(data, settings, clock) if data else None
+    population = fit_population_from(data, config, clock) if data else None
     clock.flush(family=FAMILY, part_of="population")
     return population
 
@@ -319,7 +319,7 @@ def fit_recovery_population(frame: pd.DataFrame, athlete_ids: Iterable[str],
 # ------------------------------------------------------------------ personal + pick
 
 
-def _personal(a: AthleteData, population: RecoveryPopulation, settings: Settings,
+def _personal(a: AthleteData, population: RecoveryPopulation, config: TrainingConfig,
               seed: int, warm_start: dict[str, Any] | None
               ) -> tuple[dict[str, Any], int, np.ndarray]:
     """The rider's personal settings, extra trees and validation predictions (trees
@@ -343,7 +343,7 @@ def _personal(a: AthleteData, population: RecoveryPopulation, settings: Settings
         end = int(booster.best_iteration) + 1
         return end - n_base, booster.inplace_predict(x_val, iteration_range=(0, end))
 
-    if len(a.tr) < settings.tuning.recovery_personal_tuning_min_rows:
+    if len(a.tr) < config.tuning.recovery_personal_tuning_min_rows:
         # A fixed number of small steps: validation stays an unbiased judge of
         # population vs personal (nothing about these trees was chosen on it).
         params = dict(PERSONAL_PARAMS)
@@ -356,14 +356,14 @@ def _personal(a: AthleteData, population: RecoveryPopulation, settings: Settings
         trial.set_user_attr("pred", pred)
         return _rmse(pred, y_val)
 
-    study = new_study(settings.tuning, PERSONAL_SPACE, seed)
-    if settings.tuning.sampler == "tpe":
+    study = new_study(config.tuning, PERSONAL_SPACE, seed)
+    if config.tuning.sampler == "tpe":
         study.enqueue_trial(_within(PERSONAL_PARAMS, PERSONAL_SPACE))
-        if warm_start and settings.tuning.warm_start:
+        if warm_start and config.tuning.warm_start:
             study.enqueue_trial(_within(warm_start, PERSONAL_SPACE))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        study.optimize(objective, n_trials=n_trials_for(settings.tuning, PERSONAL_SPACE))
+        study.optimize(objective, n_trials=n_trials_for(config.tuning, PERSONAL_SPACE))
     params = dict(PERSONAL_PARAMS) | dict(study.best_params) | {"tuned": True}
     best = study.best_trial
     return params, int(best.user_attrs["rounds"]), np.asarray(best.user_attrs["pred"])
@@ -371,7 +371,7 @@ def _personal(a: AthleteData, population: RecoveryPopulation, settings: Settings
 
 def train_recovery_model(
     athlete_rows: pd.DataFrame,
-    settings: Settings,
+    config: TrainingConfig,
     warm_start: dict[str, Any] | None = None,
     clock: StageTotals | None = None,
     population: RecoveryPopulation | None = None,
@@ -380,7 +380,8 @@ def train_recovery_model(
 
     Args:
         athlete_rows: canonical rows of one athlete (already validated, cut at as-of).
-        settings: the run's settings (seed, tuning, gates, min history, target).
+        config: the family's training section (seed, tuning, gates, space, min
+            history, target), from `families.base.ModelFamily.training_config`.
         warm_start: last week's personal settings, tried first when tuning per rider.
         clock: adds the time of features / tune / fit / gate (benchmark only).
         population: the batch's population model; without one (a rider trained on
@@ -388,19 +389,19 @@ def train_recovery_model(
     """
     clock = clock or StageTotals()
     with clock.part("features"):
-        prepared = prepare_athlete(athlete_rows, settings)
+        prepared = prepare_athlete(athlete_rows, config)
     if isinstance(prepared, ModelResult):
         return prepared
     a = prepared
     if population is None:
-        population = fit_population_from([a], settings, clock)
+        population = fit_population_from([a], config, clock)
     names = population.feature_names
-    seed = derive_seed(settings.seed, a.athlete_id, FAMILY)
+    seed = derive_seed(config.seed, a.athlete_id, FAMILY)
     y_va = a.y[a.va]
     pop_val_pred = population.booster_train.inplace_predict(a.X[a.va])
     pop_val = _rmse(pop_val_pred, y_va)
     with clock.part("tune"):
-        personal, rounds, personal_val_pred = _personal(a, population, settings, seed,
+        personal, rounds, personal_val_pred = _personal(a, population, config, seed,
                                                         warm_start)
     personal_val = _rmse(personal_val_pred, y_va)
     # Personal only where validation shows it helps beyond chance: the paired bootstrap
@@ -409,7 +410,7 @@ def train_recovery_model(
     # it for most riders by luck: measured, that hurt the test part on 3 of 3 seeds.)
     val_gain = paired_bootstrap_gain((pop_val_pred - y_va) ** 2, (personal_val_pred - y_va) ** 2,
                                      BOOTSTRAP_RESAMPLES,
-                                     derive_seed(settings.seed, a.athlete_id, FAMILY, "pick"),
+                                     derive_seed(config.seed, a.athlete_id, FAMILY, "pick"),
                                      level=PICK_LEVEL)
     kind = "personal" if rounds > 0 and val_gain["low"] > 0 else "population"
     trval = a.trval
@@ -430,10 +431,10 @@ def train_recovery_model(
         mean_pred = np.full(len(y_te), a.y[trval].mean())
         gain = paired_bootstrap_gain(np.abs(mean_pred - y_te), np.abs(pred - y_te),
                                      BOOTSTRAP_RESAMPLES,
-                                     derive_seed(settings.seed, a.athlete_id, FAMILY, "ci"))
+                                     derive_seed(config.seed, a.athlete_id, FAMILY, "ci"))
         metrics |= {"mae_gain": gain["gain"], "mae_gain_ci_low": gain["low"],
                     "mae_gain_ci_high": gain["high"]}
-        verdict = evaluate_gate(FAMILY, metrics, baselines, settings.gates[FAMILY])
+        verdict = evaluate_gate(FAMILY, metrics, baselines, config.gates)
     params: dict[str, Any] = {
         **population.params,
         "model_kind": kind,
@@ -484,7 +485,7 @@ def _rounded(baseline: dict[str, dict[str, float]]) -> dict[str, dict[str, float
 def train_recovery_chunk(
     frame: pd.DataFrame,
     athlete_ids: Iterable[str],
-    settings: Settings,
+    config: TrainingConfig,
     warm_starts: dict[str, dict[str, Any]] | None = None,
     population: RecoveryPopulation | None = None,
 ) -> list[ModelResult]:
@@ -497,7 +498,7 @@ def train_recovery_chunk(
     results: list[ModelResult] = []
     clock = StageTotals()
     if population is None:
-        population = fit_recovery_population(frame, ids, settings)
+        population = fit_recovery_population(frame, ids, config)
     groups = dict(tuple(frame.groupby("athlete_id", sort=False)))
     for aid in ids:
         rows = groups.get(aid)
@@ -506,11 +507,11 @@ def train_recovery_chunk(
             continue
         try:
             if population is None:  # nobody in the batch has enough history
-                prepared = prepare_athlete(rows, settings)
+                prepared = prepare_athlete(rows, config)
                 results.append(prepared if isinstance(prepared, ModelResult) else ModelResult(
                     aid, FAMILY, "failed", reason="no population model was fitted"))
                 continue
-            results.append(train_recovery_model(rows, settings, (warm_starts or {}).get(aid),
+            results.append(train_recovery_model(rows, config, (warm_starts or {}).get(aid),
                                                 clock, population))
         except Exception as exc:  # noqa: BLE001 - recorded, never swallowed silently
             results.append(ModelResult(aid, FAMILY, "failed",

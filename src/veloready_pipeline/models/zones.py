@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from veloready_pipeline.config import Family, Settings
+from veloready_pipeline.config import Family, TrainingConfig
 from veloready_pipeline.features_nets import (
     FEATURE_NAMES_ZONES,
     LABEL_NAMES_ZONES,
@@ -323,21 +323,22 @@ def measured_train_data(batch: Sequence[NetDataset]) -> list[TrainData]:
 
 def train_zone_models(
     datasets: Mapping[str, NetDataset],
-    settings: Settings,
+    config: TrainingConfig,
     warm_starts: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, FamilyResult]:
     """Tune, train and evaluate every athlete's zone net, in batches of athletes.
 
     Athletes whose dataset carries a ``skip_reason`` (too few FTP tests / labelled
     days) get a ``skipped`` result and the app's rule-based zones. The rest are split
-    into batches of ``settings.execution.chunk_size`` and trained together.
+    into batches of ``config.execution.chunk_size`` and trained together.
 
     Args:
         datasets: athlete id -> split dataset from `features_nets.make_zone_dataset`.
-        settings: seed, tuning (sampler, trials, space, epochs), execution threads.
+        config: the family's training section (seed, tuning, space, epochs, execution
+            threads), from `families.base.ModelFamily.training_config`.
         warm_starts: athlete id -> last week's best params (enqueued as first trials).
     """
-    results = train_net_family(ZONE_FAMILY, datasets, settings, warm_starts,
+    results = train_net_family(ZONE_FAMILY, datasets, config, warm_starts,
                                evaluate_zone_model, prepare=measured_train_data)
     for r in results.values():
         if isinstance(r.model, ZoneMLP):  # every trained zone model is one
