@@ -122,18 +122,11 @@ def export_torch_net(family: TorchNetFamily, result: ModelResult, folder: Path, 
     shipped = choose_shipped_variant(report, settings.export.max_size_ratio)
     artifacts = {v: arts[v] for v in variants} | {"onnx": arts["onnx"]}
 
-    def as_dict(a: Any) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        d = asdict(a)
-        d["path"] = str(d["path"])
-        return d
-
     return {
         "family": result.family,
         "shipped": shipped,
         "quantization": shipped,
-        "artifacts": {k: as_dict(v) for k, v in artifacts.items()},
+        "artifacts": {k: v.to_dict() for k, v in artifacts.items()},
         "variants": report,
         "gate_metrics": report[shipped]["metrics"],
     }

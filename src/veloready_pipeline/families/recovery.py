@@ -9,7 +9,6 @@ RMSE on the test days.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,16 +94,11 @@ def export_recovery(result: ModelResult, out_dir: Path, name: str) -> dict[str, 
     arts = export_xgboost(result.model, result.feature_names, out_dir, name, sample,
                           metadata=meta)
 
-    def as_dict(a: Any) -> dict[str, Any]:
-        d = asdict(a)
-        d["path"] = str(d["path"])
-        return d
-
     return {
         "family": result.family,
         "shipped": "coreml",
         "quantization": "float32",
-        "artifacts": {k: as_dict(v) for k, v in arts.items()},
+        "artifacts": {k: v.to_dict() for k, v in arts.items()},
         "gate_metrics": {k: float(v) for k, v in result.metrics.items()},
     }
 
